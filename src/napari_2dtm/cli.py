@@ -14,6 +14,7 @@ _SUBCOMMAND_MODULES = [
     "napari_2dtm._cli_search",
     "napari_2dtm._cli_template",
     "napari_2dtm._cli_simulate",
+    "napari_2dtm._cli_demo",
 ]
 
 
