@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The demo (installs first if needed): opens napari with the "2DTM demo" sample and
+# the Search widget docked. With no display it runs the same search headless and
+# saves the results folder and a screenshot (see `napari-2dtm demo --help`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+exec "${PYTHON:-python3}" -m napari_2dtm.cli demo "$@"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install what napari-2dtm needs on a fresh Debian 12 / Ubuntu machine: the system
+# libraries Qt and OpenGL need under a virtual X server, then the package (editable)
+# with its test and dev tools. Idempotent: skips apt when the packages are present and
+# pip when the installed package already matches this checkout's pyproject.toml.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+
+APT_PACKAGES=(
+  xvfb xauth libgl1 libgl1-mesa-dri libegl1 libopengl0 libglib2.0-0 libdbus-1-3
+  libfontconfig1 libfreetype6 fonts-dejavu-core libx11-xcb1 libxrender1 libxi6 libxext6
+  libsm6 libice6 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1
+  libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0
+  libxcb-cursor0 libxcb-xkb1
+)
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+      || missing+=("$pkg")
+  done
+fi
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+stamp_dir=build
+stamp="$stamp_dir/.setup-stamp"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(pwd)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$PY" -c "import napari_2dtm, napari, npe2, pytest_qt, ruff" >/dev/null 2>&1; then
+  exit 0
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+echo "setup: installing napari-2dtm (editable) with its dev tools"
+"$PY" -m pip install -q --upgrade "pip>=25.1"
+"$PY" -m pip install -q -e . --group dev
+mkdir -p "$stamp_dir"
+echo "$want" >"$stamp"

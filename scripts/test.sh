@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Run the whole test suite (installs first if needed). GUI tests open a real napari
+# viewer; without a display pytest-xvfb starts a virtual X server for them.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k reader`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+exec "${PYTHON:-python3}" -m pytest "$@"

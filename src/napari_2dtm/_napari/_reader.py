@@ -1,0 +1,181 @@
+"""napari reader: MRC images, stacks and maps, and 2DTM results folders.
+
+``get_reader(path)`` decides quickly and never raises: it returns ``None`` for
+anything it cannot read (wrong suffix, broken or truncated header, complex data,
+a folder that is not a results folder), so napari can try another reader.
+
+* a 2D image (``.mrc``, or a stack of one) becomes a gray image layer scaled in
+  Angstrom with percentile contrast;
+* an image stack (``.mrcs``, or MRC space group 0 that is not cubic) opens with a
+  slider over images;
+* a 3D map or tomogram (``.map``, ``.rec``, cubic ``.mrc``) opens as a volume;
+* a results folder (one with ``search.json``, as written by ``napari-2dtm search``)
+  opens as the micrograph (if its file is still there) plus every map and the hits.
+
+A zero or missing pixel size gives a layer in pixel units.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._layers import hits_layer_name, map_layer, micrograph_layer, points_layer
+
+MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec")
+# MRC modes with real-valued data napari can show (3 and 4 are complex)
+_READABLE_MODES = {0, 1, 2, 6, 12, 101}
+_MAP_ORDER = ("zscore", "snr", "mip", "mean", "std", "phi", "theta", "psi", "defocus")
+
+
+def get_reader(path):
+    """Return a reader function for ``path`` (str, Path or list of them), or ``None``."""
+    if isinstance(path, (list, tuple)):
+        readers = [get_reader(p) for p in path]
+        if not readers or any(r is None for r in readers):
+            return None
+        return lambda _paths: [ld for r, p in zip(readers, path) for ld in r(p)]
+    try:
+        p = Path(path)
+        if p.is_dir():
+            return _results_reader(p)
+        if p.suffix.lower() in MRC_SUFFIXES and p.is_file():
+            info = _mrc_info(p)
+            if info is not None:
+                return lambda _path: [_mrc_layer(p, info)]
+    except Exception:  # a reader must never crash napari: decline instead
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- MRC files
+
+
+def _mrc_info(path: Path) -> dict | None:
+    """Header facts needed to build the layer, or ``None`` if the file is unreadable."""
+    import mrcfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.mmap(path, mode="r", permissive=True) as m:
+                if m.data is None or int(m.header.mode) not in _READABLE_MODES:
+                    return None
+                shape = tuple(int(s) for s in m.data.shape)
+                if any(s == 0 for s in shape) or not 2 <= len(shape) <= 3:
+                    return None
+                vs = float(m.voxel_size.x)
+                ispg = int(m.header.ispg)
+    except Exception:
+        return None
+    px = vs if np.isfinite(vs) and vs > 0 else None
+    if len(shape) == 3 and shape[0] == 1:
+        kind = "image"
+    elif len(shape) == 2:
+        kind = "image"
+    elif path.suffix.lower() == ".mrcs" or (ispg == 0 and len(set(shape)) != 1):
+        kind = "stack"
+    else:
+        kind = "volume"
+    return {"shape": shape, "pixel_size_a": px, "kind": kind}
+
+
+def _mrc_layer(path: Path, info: dict):
+    from ..io import read_mrc
+
+    data, px = read_mrc(path)
+    name = path.stem
+    if info["kind"] == "image":
+        return micrograph_layer(data.reshape(data.shape[-2:]), px, name)
+    from ._layers import robust_limits
+
+    unit = "angstrom" if px else "pixel"
+    s = px or 1.0
+    if info["kind"] == "stack":
+        scale, units, labels = (1.0, s, s), ("pixel", unit, unit), ("image", "y", "x")
+    else:
+        scale, units, labels = (s, s, s), (unit, unit, unit), ("z", "y", "x")
+    kwargs = dict(
+        name=name,
+        scale=scale,
+        units=units,
+        axis_labels=labels,
+        colormap="gray",
+        contrast_limits=robust_limits(data),
+        metadata={"napari_2dtm": {"kind": info["kind"], "pixel_size_a": px}},
+    )
+    return (data, kwargs, "image")
+
+
+# ---------------------------------------------------------------- results folders
+
+
+def _results_reader(folder: Path):
+    if not (folder / "search.json").is_file():
+        return None
+    try:
+        json.loads((folder / "search.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return lambda _path: results_layers(folder)
+
+
+def _micrograph_path(folder: Path, metadata: dict) -> Path | None:
+    for key in ("micrograph_path", "micrograph", "image_path"):
+        value = metadata.get(key)
+        if isinstance(value, str) and value:
+            p = Path(value)
+            candidates = [p] if p.is_absolute() else [folder / p, Path.cwd() / p]
+            for c in candidates:
+                if c.is_file():
+                    return c
+    return None
+
+
+def results_layers(folder: str | Path, result=None) -> list:
+    """Layers for a results folder: micrograph (if found), all maps, hits.
+
+    ``result`` may be an already loaded :class:`~napari_2dtm.SearchResult`.
+    """
+    from .. import read_results
+    from ..io import read_micrograph
+
+    folder = Path(folder)
+    res = result if result is not None else read_results(folder)
+    meta = dict(getattr(res, "metadata", {}) or {})
+    layers = []
+    mic_path = _micrograph_path(folder, meta)
+    mic_name = mic_path.stem if mic_path is not None else folder.name
+    if mic_path is not None:
+        try:
+            image, px = read_micrograph(mic_path, res.input_pixel_size_a)
+            layers.append(micrograph_layer(image, px, mic_name))
+        except Exception:  # the micrograph moved or changed: show the results anyway
+            pass
+    for key in _MAP_ORDER + tuple(k for k in res.maps if k not in _MAP_ORDER):
+        if key in res.maps:
+            layers.append(map_layer(key, res.maps[key], res.pixel_size_a, mic_name))
+    layers.append(
+        points_layer(
+            res.hits,
+            res.input_pixel_size_a,
+            hits_layer_name(mic_name),
+            size_px=hit_marker_size_px(res),
+            metadata={"napari_2dtm": {"kind": "hits", "results_folder": str(folder)}},
+        )
+    )
+    return layers
+
+
+def hit_marker_size_px(res) -> float:
+    """Marker diameter in micrograph pixels: about the particle size if known."""
+    meta = dict(getattr(res, "metadata", {}) or {})
+    for key in ("template_box_px", "template_box"):
+        box = meta.get(key)
+        if isinstance(box, (int, float)) and box > 0:
+            tpx = float(meta.get("template_pixel_size_a") or res.pixel_size_a)
+            return float(box) * 0.6 * tpx / float(res.input_pixel_size_a)
+    return 30.0
