@@ -1,3 +1,28 @@
-"""napari-2dtm: high-resolution 2D template matching for cryo-EM."""
+"""napari-2dtm: high-resolution 2D template matching for cryo-EM.
+
+Public API (the napari widgets and the CLI use exactly this)::
+
+    from napari_2dtm import CTFParams, SearchConfig, Search, search, read_micrograph
+    image, px = read_micrograph("mic.mrc")
+    res = search(image, px, "template.mrc", SearchConfig(ctf=CTFParams(defocus1_a=12000)))
+    write_results(res, "results/mic")
+"""
 
 __version__ = "0.1.0"
+
+from .backend import gpu_info
+from .ctf import CTFParams, read_ctffind
+from .detect import expected_false_positives, extract_hits, false_alarm_threshold, find_peaks
+from .engine import Search, SearchConfig, SearchProgress, SearchResult, search
+from .errors import GPUUnavailableError, InputError, SearchCancelled
+from .io import read_map, read_micrograph, write_mrc
+from .results import read_results, write_results
+from .template import Template, load_template
+
+__all__ = [
+    "CTFParams", "SearchConfig", "Search", "SearchProgress", "SearchResult", "search",
+    "read_micrograph", "read_map", "write_mrc", "load_template", "Template", "read_ctffind",
+    "write_results", "read_results", "extract_hits", "find_peaks", "false_alarm_threshold",
+    "expected_false_positives", "gpu_info", "InputError", "GPUUnavailableError",
+    "SearchCancelled", "__version__",
+]
