@@ -174,6 +174,16 @@ def read_atoms(path: str | Path) -> AtomTable:
 def _read_atoms_uncached(path: Path) -> AtomTable:
     import gemmi
 
+    if path.name.lower().endswith(".gz"):
+        import gzip
+        import zlib
+
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 22):
+                    pass
+        except (OSError, EOFError, zlib.error) as e:
+            raise InputError(f"{path}: cannot read atomic model (broken gzip file: {e})") from None
     try:
         st = gemmi.read_structure(str(path))
     except Exception as e:  # gemmi raises RuntimeError / ValueError / OSError on junk
