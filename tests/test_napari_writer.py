@@ -3,9 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-import starfile
 
 from napari_2dtm._napari._layers import points_layer
+from napari_2dtm.results import read_hits
 
 
 @pytest.fixture
@@ -33,8 +33,9 @@ def test_points_layer_saves_through_napari(make_napari_viewer, tmp_path, hits, e
     out = tmp_path / f"hits{ext}"
     written = layer.save(str(out), plugin="napari-2dtm")
     assert written == [str(out)]
-    table = pd.read_csv(out) if ext == ".csv" else starfile.read(out)
-    assert list(table.columns[:2]) == ["x", "y"]
+    table = read_hits(out)  # the same reader as for a results folder
+    if ext == ".csv":
+        assert list(table.columns[:2]) == ["x", "y"]
     np.testing.assert_allclose(table["x"], hits["x"])
     np.testing.assert_allclose(table["y"], hits["y"] + [1.0, 0.0, 0.0])
     np.testing.assert_allclose(table["snr"], hits["snr"])

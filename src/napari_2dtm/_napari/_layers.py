@@ -9,6 +9,8 @@ with scale = the search pixel size, points in micrograph pixel coordinates
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -138,3 +140,46 @@ def points_layer(
         kwargs["face_colormap"] = "turbo"
     kwargs.update(extra)
     return (coords, kwargs, "points")
+
+
+def hit_marker_size_px(res) -> float:
+    """Marker diameter in micrograph pixels: about the particle diameter."""
+    tmpl = dict((getattr(res, "metadata", None) or {}).get("template") or {})
+    box, tpx = tmpl.get("box"), tmpl.get("pixel_size_a")
+    if box and tpx:
+        return float(box) * float(tpx) * 0.6 / float(res.input_pixel_size_a)
+    return 30.0
+
+
+def result_layers(res, micrograph_name: str, results_folder=None) -> list:
+    """Layer data for a :class:`~napari_2dtm.SearchResult`: every map, then the hits.
+
+    Maps are ordered as in :data:`MAP_STYLE` (z-score and SNR shown, the rest hidden);
+    the hits layer carries the hits table as ``features`` and, in its metadata, what
+    the STAR writer needs (micrograph name, pixel size, CTF).
+    """
+    layers = []
+    keys = [k for k in MAP_STYLE if k in res.maps]
+    keys += [k for k in res.maps if k not in MAP_STYLE and k != "defocus_offset"]
+    for key in keys:
+        layers.append(map_layer(key, res.maps[key], res.pixel_size_a, micrograph_name))
+    meta = dict(res.metadata or {})
+    info = {
+        "kind": "hits",
+        "pixel_size_a": res.input_pixel_size_a,
+        "micrograph_name": Path(meta["micrograph"]).name if meta.get("micrograph") else None,
+        "ctf": dict(meta.get("config", {}).get("ctf", {})) or None,
+        "threshold": res.threshold,
+        "results_folder": str(results_folder) if results_folder else None,
+    }
+    hits = res.hits if res.hits is not None else pd.DataFrame(columns=["x", "y"])
+    layers.append(
+        points_layer(
+            hits,
+            res.input_pixel_size_a,
+            hits_layer_name(micrograph_name),
+            size_px=hit_marker_size_px(res),
+            metadata={"napari_2dtm": info},
+        )
+    )
+    return layers

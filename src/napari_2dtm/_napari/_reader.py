@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import hits_layer_name, map_layer, micrograph_layer, points_layer
+from ._layers import micrograph_layer, result_layers
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec")
 # MRC modes with real-valued data napari can show (3 and 4 are complex)
 _READABLE_MODES = {0, 1, 2, 6, 12, 101}
-_MAP_ORDER = ("zscore", "snr", "mip", "mean", "std", "phi", "theta", "psi", "defocus")
 
 
 def get_reader(path):
@@ -124,7 +123,7 @@ def _results_reader(folder: Path):
 
 
 def _micrograph_path(folder: Path, metadata: dict) -> Path | None:
-    for key in ("micrograph_path", "micrograph", "image_path"):
+    for key in ("micrograph", "micrograph_path"):
         value = metadata.get(key)
         if isinstance(value, str) and value:
             p = Path(value)
@@ -135,19 +134,15 @@ def _micrograph_path(folder: Path, metadata: dict) -> Path | None:
     return None
 
 
-def results_layers(folder: str | Path, result=None) -> list:
-    """Layers for a results folder: micrograph (if found), all maps, hits.
-
-    ``result`` may be an already loaded :class:`~napari_2dtm.SearchResult`.
-    """
+def results_layers(folder: str | Path) -> list:
+    """Layers for a results folder: the micrograph (if its file is found), maps, hits."""
     from .. import read_results
     from ..io import read_micrograph
 
     folder = Path(folder)
-    res = result if result is not None else read_results(folder)
-    meta = dict(getattr(res, "metadata", {}) or {})
+    res = read_results(folder)
     layers = []
-    mic_path = _micrograph_path(folder, meta)
+    mic_path = _micrograph_path(folder, dict(res.metadata or {}))
     mic_name = mic_path.stem if mic_path is not None else folder.name
     if mic_path is not None:
         try:
@@ -155,27 +150,4 @@ def results_layers(folder: str | Path, result=None) -> list:
             layers.append(micrograph_layer(image, px, mic_name))
         except Exception:  # the micrograph moved or changed: show the results anyway
             pass
-    for key in _MAP_ORDER + tuple(k for k in res.maps if k not in _MAP_ORDER):
-        if key in res.maps:
-            layers.append(map_layer(key, res.maps[key], res.pixel_size_a, mic_name))
-    layers.append(
-        points_layer(
-            res.hits,
-            res.input_pixel_size_a,
-            hits_layer_name(mic_name),
-            size_px=hit_marker_size_px(res),
-            metadata={"napari_2dtm": {"kind": "hits", "results_folder": str(folder)}},
-        )
-    )
-    return layers
-
-
-def hit_marker_size_px(res) -> float:
-    """Marker diameter in micrograph pixels: about the particle size if known."""
-    meta = dict(getattr(res, "metadata", {}) or {})
-    for key in ("template_box_px", "template_box"):
-        box = meta.get(key)
-        if isinstance(box, (int, float)) and box > 0:
-            tpx = float(meta.get("template_pixel_size_a") or res.pixel_size_a)
-            return float(box) * 0.6 * tpx / float(res.input_pixel_size_a)
-    return 30.0
+    return layers + result_layers(res, mic_name, folder)

@@ -28,13 +28,23 @@ def hits_table(data, attributes: dict) -> pd.DataFrame:
 
 
 def write_hits(path: str, data, attributes: dict) -> list[str]:
-    """npe2 single-layer writer for points: ``.star`` or ``.csv`` by extension."""
-    out = Path(path)
-    table = hits_table(data, attributes)
-    if out.suffix.lower() == ".star":
-        import starfile
+    """npe2 single-layer writer for points: ``.star`` or ``.csv`` by extension.
 
-        starfile.write({"hits": table}, out, overwrite=True)
-    else:
-        table.to_csv(out, index=False)
+    Files are written by :func:`napari_2dtm.results.write_hits`, exactly as in a
+    results folder; the STAR optics block takes the pixel size from the layer scale
+    and the CTF from the layer metadata when the layer came from a search.
+    """
+    from ..results import write_hits as write_table
+
+    info = (attributes.get("metadata") or {}).get("napari_2dtm", {})
+    scale = attributes.get("scale")
+    pixel = info.get("pixel_size_a") or (float(scale[-1]) if scale is not None else None)
+    out = Path(path)
+    write_table(
+        hits_table(data, attributes),
+        out,
+        micrograph_name=info.get("micrograph_name") or "micrograph.mrc",
+        pixel_size_a=pixel,
+        ctf=info.get("ctf"),
+    )
     return [str(out)]
