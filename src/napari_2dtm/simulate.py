@@ -379,7 +379,7 @@ def simulate_micrograph(
     centres = []
     rows = []
     projections = []
-    yy, xx = np.mgrid[0:ny, 0:nx]
+    yy, xx = np.ogrid[0:ny, 0:nx]
     for k, cls in enumerate(labels):
         t = templates[cls]
         m = t.box
@@ -401,8 +401,21 @@ def simulate_micrograph(
             pmax = proj.max()
             foot = proj > 0.02 * pmax if pmax > 0 else np.zeros_like(proj, bool)
             foot = ndimage.binary_dilation(foot, iterations=1)
+            y_lo, x_lo = max(lo_y, 0), max(lo_x, 0)
+            if hi_y < y_lo or hi_x < x_lo:
+                break
+            # Uniform over the free positions: rejection sampling first (cheap), then an
+            # exact map of all free positions by FFT correlation when the image is crowded.
+            for _try in range(64):
+                y0 = int(rng.integers(y_lo, hi_y + 1))
+                x0 = int(rng.integers(x_lo, hi_x + 1))
+                if _free(occupied, foot, y0, x0, h, centres, min_distance_px):
+                    placed = True
+                    break
+            if placed:
+                break
             valid = np.zeros((ny, nx), bool)
-            valid[max(lo_y, 0) : hi_y + 1, max(lo_x, 0) : hi_x + 1] = True
+            valid[y_lo : hi_y + 1, x_lo : hi_x + 1] = True
             if occupied.any():
                 full = _fft_correlate(occupied, foot.astype(np.float32))
                 ov = full[m - 1 - h : m - 1 - h + ny, m - 1 - h : m - 1 - h + nx]
@@ -530,6 +543,23 @@ def simulate_micrograph(
         noise_sigma=noise_sigma,
         params=params,
     )
+
+
+def _free(occupied, foot, y0, x0, h, centres, min_distance_px) -> bool:
+    """True if a footprint centred at (y0, x0) overlaps no placed particle."""
+    ny, nx = occupied.shape
+    m = foot.shape[0]
+    ys0, xs0 = y0 - h, x0 - h
+    oy0, ox0 = max(ys0, 0), max(xs0, 0)
+    oy1, ox1 = min(ys0 + m, ny), min(xs0 + m, nx)
+    if np.any(occupied[oy0:oy1, ox0:ox1][foot[oy0 - ys0 : oy1 - ys0, ox0 - xs0 : ox1 - xs0]] > 0.5):
+        return False
+    if min_distance_px:
+        d2 = float(min_distance_px) ** 2
+        for py, px_ in centres:
+            if (y0 - py) ** 2 + (x0 - px_) ** 2 < d2:
+                return False
+    return True
 
 
 def _fft_correlate(occupied: np.ndarray, foot: np.ndarray) -> np.ndarray:
