@@ -104,15 +104,15 @@ def test_demo_search_streams_live_maps_and_finds_the_particles(viewer, qtbot, tm
     # everything saved as the CLI writes it, and the folder opens again in napari
     folder = widget.results_folder
     for name in ("search.json", "hits.star", "hits.csv", "zscore.mrc", "snr.mrc", "psi.mrc",
-                 "defocus.mrc", "micrograph.mrc"):
+                 "defocus.mrc", "input/2DTM_demo.mrc"):
         assert (folder / name).is_file(), name
     saved = read_results(folder)
     np.testing.assert_allclose(saved.hits["x"], features["x"])
     n_before = len(viewer.layers)
     viewer.open(str(folder), plugin="napari-2dtm")
     added = [layer.name for layer in viewer.layers][n_before:]
-    assert added[0] == "micrograph"
-    assert any(n.startswith("hits [") for n in added)
+    assert added[0] == "2DTM_demo"  # the in-memory micrograph was saved with the results
+    assert "hits [2DTM_demo]" in added and "SNR [2DTM_demo]" in added
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 

@@ -129,15 +129,16 @@ def points_layer(
         units=UNITS_2D if pixel_size_a else ("pixel", "pixel"),
         features=table,
         size=float(size_px),
-        symbol="ring",
-        face_color="#00ff66",
-        border_width=0,
+        symbol="disc",
+        face_color="transparent",
+        border_color="#00ff66",
+        border_width=0.08,
         opacity=0.9,
         metadata={"napari_2dtm": {"kind": "points", "pixel_size_a": pixel_size_a}},
     )
     if color_by and color_by in table.columns and len(table) > 1:
-        kwargs["face_color"] = color_by
-        kwargs["face_colormap"] = "turbo"
+        kwargs["border_color"] = color_by
+        kwargs["border_colormap"] = "turbo"
     kwargs.update(extra)
     return (coords, kwargs, "points")
 

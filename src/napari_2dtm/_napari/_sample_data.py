@@ -100,8 +100,8 @@ def sample_layers(spec: dict) -> list:
             f"ground truth [{name}]",
             size_px=0.6 * box,
             color_by=None,
-            face_color="#ffcc00",
-            symbol="cross",
+            border_color="#ffcc00",
+            symbol="square",
             visible=False,
         )
     )

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._jobs import estimate_job, one_line, search_job
 from ._layers import full_limits, map_layer, result_layers
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ FROM_FILE = "From file…"
 SYMMETRIES = ["C1", "C2", "C3", "C4", "C6", "D2", "D3", "D7", "T", "O", "I"]
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "gpu"}
 LIVE_MAPS = ("zscore", "snr")
+LIVE_INTERVAL_S = 0.5  # seconds between live map updates
 
 
 def _fmt_seconds(s: float) -> str:
@@ -53,11 +55,6 @@ def _fmt_seconds(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _layer_pixel_size(layer) -> float | None:
@@ -106,51 +103,6 @@ def _spin(lo, hi, value, step=1.0, decimals=1, suffix="", special=None) -> QDoub
         w.setSpecialValueText(special)
     w.setKeyboardTracking(False)
     return w
-
-
-def _search_job(image, pixel_size_a, template, config, out_dir, micrograph_path, overwrite):
-    """Worker-thread body: build the search, stream its progress, save the results.
-
-    Yields ``("search", Search)`` once (so the UI can cancel it and size the live
-    layers), then ``("progress", SearchProgress)``; returns ``(SearchResult, folder)``.
-    Touches no layer and no widget.
-    """
-    from .. import Search, write_results
-    from ..errors import SearchCancelled
-    from ..io import write_mrc
-
-    try:
-        search = Search(image, pixel_size_a, template, config)
-        yield ("search", search)
-        for progress in search.run():
-            yield ("progress", progress)
-    except SearchCancelled:
-        return None
-    except RuntimeError as e:
-        # superqt drops a RuntimeError raised by a generator worker without emitting
-        # `errored` or `finished`; hand it over as an ordinary error instead.
-        raise SearchError(_one_line(e)) from e
-    result = search.result
-    out_dir = Path(out_dir)
-    mic_path = micrograph_path
-    if mic_path is None:  # an in-memory micrograph: keep a copy so the folder is complete
-        mic_path = out_dir / "micrograph.mrc"
-    write_results(result, out_dir, overwrite=overwrite, micrograph_path=mic_path)
-    if micrograph_path is None:
-        write_mrc(mic_path, image, pixel_size_a)
-    return result, out_dir
-
-
-class SearchError(Exception):
-    """A search failed in the worker thread (message: one line)."""
-
-
-def _estimate_job(image, pixel_size_a, template, config):
-    """Worker-thread body for the pre-run estimate: counts and a timing probe."""
-    from .. import Search
-
-    search = Search(image, pixel_size_a, template, config)
-    return search.n_orientations, search.n_planes, search.n_cc_total, search.estimate_seconds()
 
 
 class SearchWidget(QWidget):
@@ -448,7 +400,7 @@ class SearchWidget(QWidget):
             high_res_limit_a=self.high_res.value() or None,
             n_false_positives=self.n_fp.value(),
             device=DEVICES[self.device.currentText()],
-            progress_interval_s=1.0,
+            progress_interval_s=LIVE_INTERVAL_S,
         )
         kwargs.update(overrides)
         return SearchConfig(**kwargs)
@@ -507,12 +459,12 @@ class SearchWidget(QWidget):
             image, px, template, _ = self._inputs()
             config = self.search_config()
         except Exception as e:
-            self._show_estimate(gen, f"— ({_one_line(e)})")
+            self._show_estimate(gen, f"— ({one_line(e)})")
             return
         self.estimate_label.setText("Estimate: timing a probe…")
-        worker = create_worker(_estimate_job, image, px, template, config, _ignore_errors=True)
+        worker = create_worker(estimate_job, image, px, template, config, _ignore_errors=True)
         worker.returned.connect(lambda r, g=gen: self._on_estimate(g, r))
-        worker.errored.connect(lambda e, g=gen: self._show_estimate(g, f"— ({_one_line(e)})"))
+        worker.errored.connect(lambda e, g=gen: self._show_estimate(g, f"— ({one_line(e)})"))
         self._estimate_worker = worker
         worker.start()
 
@@ -574,7 +526,7 @@ class SearchWidget(QWidget):
         try:
             ctf, ctf_px = read_ctffind(path)
         except Exception as e:
-            self._set_status(f"CTF not loaded: {_one_line(e)}", error=True)
+            self._set_status(f"CTF not loaded: {one_line(e)}", error=True)
             return
         self.apply_settings({k: getattr(ctf, k) for k in (
             "defocus1_a", "defocus2_a", "astigmatism_angle_deg", "voltage_kv", "cs_mm",
@@ -605,7 +557,7 @@ class SearchWidget(QWidget):
             if Path(out).exists() and not self.overwrite.isChecked():
                 raise ValueError(f"{out}: exists; tick 'replace' or choose another folder")
         except Exception as e:
-            self._set_status(f"Cannot start: {_one_line(e)}", error=True)
+            self._set_status(f"Cannot start: {one_line(e)}", error=True)
             self.search_finished.emit("error")
             return
         self._mic_name = self.micrograph_layer().name
@@ -615,8 +567,8 @@ class SearchWidget(QWidget):
         self.result = None
         self.n_updates = 0
         worker = create_worker(
-            _search_job, image, px, template, config, out, mic_path, self.overwrite.isChecked(),
-            _ignore_errors=True,
+            search_job, image, px, template, config, out, mic_path, self._mic_name,
+            self.overwrite.isChecked(), _ignore_errors=True,
         )
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -716,7 +668,7 @@ class SearchWidget(QWidget):
         if isinstance(exc, SearchCancelled) or self._cancel_requested:
             self._on_aborted()
             return
-        self._set_status(f"Search failed: {_one_line(exc)}", error=True)
+        self._set_status(f"Search failed: {one_line(exc)}", error=True)
         self.progress.setFormat("failed")
         self._finished_state = "error"
 

@@ -1,0 +1,113 @@
+"""The demo in napari: the "2DTM demo" sample with the Search widget docked.
+
+:func:`launch` opens a napari window, loads the sample, docks the widget (which
+takes the sample's suggested settings) and starts the search; it can take a
+screenshot half-way and one when the search is done, then quit (used by
+``scripts/make_screenshots.py`` under Xvfb). :func:`screenshot_results` renders a
+results folder opened with this plugin's reader (the headless demo's picture).
+
+Run as ``python -m napari_2dtm._napari._demo screenshot RESULTS PNG``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+WINDOW_SIZE = (1500, 1000)
+
+
+def _new_viewer(title: str):
+    import napari
+
+    viewer = napari.Viewer(title=title, show=True)
+    viewer.window.resize(*WINDOW_SIZE)
+    return viewer
+
+
+def _focus_on_results(viewer, micrograph_name: str):
+    """Show micrograph, SNR map and hits; everything else hidden."""
+    for layer in viewer.layers:
+        if layer.name.startswith(("template", "ground truth")):
+            layer.visible = False
+    for name, visible in ((f"z-score [{micrograph_name}]", False), (f"SNR [{micrograph_name}]", True),
+                          (f"hits [{micrograph_name}]", True)):
+        if name in viewer.layers:
+            viewer.layers[name].visible = visible
+    if f"SNR [{micrograph_name}]" in viewer.layers:
+        viewer.layers[f"SNR [{micrograph_name}]"].opacity = 0.6
+    hits = f"hits [{micrograph_name}]"
+    if hits in viewer.layers:
+        viewer.layers.selection.active = viewer.layers[hits]
+
+
+def launch(
+    out_dir: str | Path,
+    run: bool = True,
+    overwrite: bool = False,
+    live_screenshot: str | Path | None = None,
+    done_screenshot: str | Path | None = None,
+    quit_when_done: bool = False,
+) -> int:
+    """Open napari with the demo and the docked Search widget; returns an exit code."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    viewer = _new_viewer("napari-2dtm demo")
+    viewer.open_sample("napari-2dtm", "demo")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Search")
+    widget.output_dir.setText(str(out_dir))
+    widget.overwrite.setChecked(overwrite)
+    viewer.reset_view()
+    state = {"live": live_screenshot is None, "code": 0}
+
+    def on_progress(p):
+        if not state["live"] and p.fraction >= 0.5:
+            state["live"] = True
+            viewer.layers.selection.active = viewer.layers[f"z-score [{widget.micrograph_combo.currentText()}]"]
+            viewer.screenshot(str(live_screenshot), canvas_only=False)
+            print(f"screenshot (live, {100 * p.fraction:.0f}%): {live_screenshot}")
+
+    def on_finished(outcome):
+        print(f"search {outcome}: {widget.status.text()}")
+        if outcome == "done":
+            _focus_on_results(viewer, widget.micrograph_combo.currentText())
+            if done_screenshot:
+                viewer.screenshot(str(done_screenshot), canvas_only=False)
+                print(f"screenshot (done): {done_screenshot}")
+        else:
+            state["code"] = 1
+        if quit_when_done:
+            QTimer.singleShot(200, viewer.close)
+
+    widget.progress_shown.connect(on_progress)
+    widget.search_finished.connect(on_finished)
+    if run:
+        QTimer.singleShot(500, widget.run)
+    napari.run()
+    return state["code"]
+
+
+def quiet_notifications() -> None:
+    """No pop-up notifications in screenshots (environment only: settings stay as they are)."""
+    os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
+
+
+def screenshot_results(folder: str | Path, png: str | Path) -> None:
+    """Open a results folder with the plugin's reader and save a window screenshot."""
+    quiet_notifications()
+    viewer = _new_viewer("napari-2dtm results")
+    layers = viewer.open(str(folder), plugin="napari-2dtm")
+    mic = next((ly.name for ly in layers if ly.name.startswith("hits [")), "hits []")[6:-1]
+    _focus_on_results(viewer, mic)
+    viewer.reset_view()
+    viewer.screenshot(str(png), canvas_only=False)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "screenshot":
+        screenshot_results(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(f"usage: python -m {__spec__.name} screenshot RESULTS_FOLDER OUT.png")
