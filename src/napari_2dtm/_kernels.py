@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@numba.njit(nogil=True, fastmath=True, cache=True)
 def multiply_energy(img, filt, proj, wts, out):
     """``out = img * filt * conj(proj)``; returns ``sum(wts * filt^2 * |proj|^2)``.
 
@@ -19,7 +19,7 @@ def multiply_energy(img, filt, proj, wts, out):
     """
     ny, nkx = img.shape
     part = np.zeros(ny)
-    for y in numba.prange(ny):
+    for y in range(ny):
         acc = 0.0
         for x in range(nkx):
             f = filt[y, x]
@@ -30,29 +30,53 @@ def multiply_energy(img, filt, proj, wts, out):
     return part.sum()
 
 
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def multiply_energy_batch(img, filts, fidx, projs, pidx, wts, out, energy, i0, i1):
+    """Batched :func:`multiply_energy` for maps ``i0 <= i < i1``:
+    ``out[i] = img * filts[fidx[i]] * conj(projs[pidx[i]])``, ``energy[i]`` its energy.
+
+    out: ``(M, ny, nkx)`` complex64; energy: ``(M,)`` float64. Releases the GIL so
+    callers split the maps across threads.
+    """
+    ny, nkx = img.shape
+    for i in range(i0, i1):
+        f_ = filts[fidx[i]]
+        p_ = projs[pidx[i]]
+        o_ = out[i]
+        acc = 0.0
+        for y in range(ny):
+            for x in range(nkx):
+                f = f_[y, x]
+                p = p_[y, x]
+                o_[y, x] = img[y, x] * (f * np.conj(p))
+                acc += wts[x] * f * f * (p.real * p.real + p.imag * p.imag)
+        energy[i] = acc
+
+
 def multiply_energy_reference(img, filt, proj, wts, xp=np):
     out = img * (filt * xp.conj(proj))
     energy = xp.sum(wts[None, :] * filt * filt * (proj.real**2 + proj.imag**2), dtype=xp.float64)
     return out.astype(xp.complex64), energy
 
 
-@numba.njit(parallel=True, fastmath=False, cache=True)
-def update_stats(ccs, scales, gidx, mip, best, s1, s2, ny, nx):
+@numba.njit(nogil=True, fastmath=False, cache=True)
+def update_stats_rows(ccs, scales, gidx, mip, best, s1, s2, y0, y1, nx):
     """Fold ``B`` correlation maps into the running statistics, reading each map once.
 
-    ccs: ``(B, Hs, Ws)`` float32 raw maps; scales: ``(B,)`` normalisation factors;
+    ccs: ``(B, Hs, Ws)`` float32 raw maps, or a tuple of ``B`` such maps (no stacking
+    copy); scales: ``(B,)`` normalisation factors;
     gidx: ``(B,)`` int32 global search indices. Only the ``[:ny, :nx]`` region is
     updated. mip float32, best int32, s1/s2 float64 (no precision loss over millions
     of terms).
     """
-    nb = ccs.shape[0]
-    for y in numba.prange(ny):
+    nb = len(ccs)
+    for y in range(y0, y1):
         m = mip[y]
         bi = best[y]
         a = s1[y]
         q = s2[y]
         for b in range(nb):
-            row = ccs[b, y]
+            row = ccs[b][y]
             sc = scales[b]
             g = gidx[b]
             for x in range(nx):
@@ -62,6 +86,20 @@ def update_stats(ccs, scales, gidx, mip, best, s1, s2, ny, nx):
                 if v > m[x]:
                     m[x] = v
                     bi[x] = g
+
+
+def update_stats(ccs, scales, gidx, mip, best, s1, s2, ny, nx, run=None):
+    """Fold ``B`` correlation maps into the running statistics (see ``update_stats_rows``).
+
+    ``run(fn, n)`` runs ``fn(0..n-1)`` (in threads); rows are split into ``n`` chunks.
+    """
+    if run is None:
+        update_stats_rows(ccs, scales, gidx, mip, best, s1, s2, 0, ny, nx)
+        return
+    n = 8
+    edges = np.linspace(0, ny, n + 1).astype(int)
+    run(lambda k: update_stats_rows(ccs, scales, gidx, mip, best, s1, s2,
+                                    edges[k], edges[k + 1], nx), n)
 
 
 def update_stats_reference(ccs, scales, gidx, mip, best, s1, s2, ny, nx, xp=np):

@@ -225,12 +225,17 @@ class Search:
         self._prepared_device = True
 
     def _batch_size(self) -> int:
+        """Orientations per batch: all their defocus planes' maps fit the working budget.
+
+        Small frames are batched so per-call overheads vanish; large frames go one
+        orientation at a time so the correlation maps stay in cache.
+        """
         if self.config.batch_size:
             return int(self.config.batch_size)
         hs, ws = self.frame
-        per = hs * (ws // 2 + 1) * 8
-        budget = (1 << 30) if self.backend.is_gpu else (48 << 20)
-        return int(max(1, min(32, budget // per)))
+        per = hs * (ws // 2 + 1) * 8 * self.n_planes
+        budget = (1 << 30) if self.backend.is_gpu else (16 << 20)
+        return int(max(1, min(64, budget // per)))
 
     # ---------------------------------------------------------------- the loop
     def cancel(self):
@@ -284,7 +289,11 @@ class Search:
         big = xp.zeros((nb, hs, ws // 2 + 1), xp.complex64)
         big[:, :e] = r[:, :e]
         big[:, hs - e :] = r[:, e:]
-        return b.fft.fft(big, axis=1, overwrite_x=True, **b.fft_kw).astype(xp.complex64, copy=False)
+        if b.is_gpu:
+            return b.fft.fft(big, axis=1, overwrite_x=True)
+        self._map_threads(lambda i: big.__setitem__(i, sfft.fft(big[i], axis=0, workers=1,
+                                                                  overwrite_x=True)), nb)
+        return big
 
     def run(self) -> Iterator[SearchProgress]:
         """Run the search, yielding progress snapshots; sets :attr:`result` at the end.
@@ -319,14 +328,13 @@ class Search:
                 t2 = time.perf_counter()
                 tm["projection_s"] += t1 - t0
                 tm["forward_s"] += t2 - t1
-                for j in range(o1 - o0):
-                    ccs, scales, gidx = self._correlate(pft[j], ip, o0 + j)
-                    t3 = time.perf_counter()
-                    self._update(ccs, scales, gidx)
-                    t4 = time.perf_counter()
-                    tm["correlate_s"] += t3 - t2
-                    tm["stats_s"] += t4 - t3
-                    t2 = t4
+                t3 = time.perf_counter()
+                ccs, scales, gidx = self._correlate(pft, ip, o0)
+                t4 = time.perf_counter()
+                self._update(ccs, scales, gidx)
+                t5 = time.perf_counter()
+                tm["correlate_s"] += t4 - t3
+                tm["stats_s"] += t5 - t4
                 done += (o1 - o0) * n_df
                 self._n_done = done
                 now = time.perf_counter()
@@ -337,41 +345,76 @@ class Search:
         self.result = self._finish(elapsed)
         yield self._snapshot(done, total, elapsed, done_flag=True)
 
-    def _correlate(self, pft, ip, orient):
+    def _correlate(self, pft, ip, o0):
+        """Correlation maps for orientations ``o0 ..`` of ``pft`` x all defocus planes.
+
+        Returns raw maps ``(M, Hs, Ws)``, their normalisation factors and global indices.
+        """
         b = self.backend
         xp = b.xp
         hs, ws = self.frame
         n_df = len(self.defocus_offsets_a)
         n_or = self.n_orientations
-        n_pix = hs * ws
-        outs = []
-        scales = np.empty(n_df, np.float32)
-        gidx = np.empty(n_df, np.int32)
-        for d in range(n_df):
-            filt = self._filters[ip * n_df + d]
-            if b.is_gpu:
-                prod, energy = _kernels.multiply_energy_reference(self._img_ft, filt, pft, self._wts, xp=xp)
-                energy = float(energy)
-            else:
-                prod = np.empty_like(self._img_ft)
-                energy = _kernels.multiply_energy(self._img_ft, filt, pft, self._wts, prod)
-            outs.append(b.fft.irfft2(prod, s=(hs, ws), overwrite_x=True, **b.fft_kw))
-            # Parseval: sum_x t(x)^2 = (1/N) sum_k |T(k)|^2 over the full spectrum.
-            scales[d] = 1.0 / math.sqrt(energy / n_pix) if energy > 0 else 0.0
-            gidx[d] = orient + n_or * (d + n_df * ip)
-        return outs, scales, gidx
+        nb = pft.shape[0]
+        m = nb * n_df
+        pidx = np.repeat(np.arange(nb), n_df).astype(np.int64)
+        didx = np.tile(np.arange(n_df), nb).astype(np.int64)
+        fidx = didx + ip * n_df
+        gidx = (o0 + pidx + n_or * (didx + n_df * ip)).astype(np.int32)
+        if b.is_gpu:
+            prods, energy = [], []
+            for i in range(m):
+                pr, e = _kernels.multiply_energy_reference(
+                    self._img_ft, self._filters[fidx[i]], pft[pidx[i]], self._wts, xp=xp)
+                prods.append(pr)
+                energy.append(float(e))
+            prod = xp.stack(prods)
+            energy = np.asarray(energy)
+        else:
+            prod = np.empty((m, hs, ws // 2 + 1), np.complex64)
+            energy = np.empty(m)
+            nt = min(m, 4 * self.backend.fft_kw["workers"])
+            edges = np.linspace(0, m, nt + 1).astype(int)
+            self._map_threads(lambda k: _kernels.multiply_energy_batch(
+                self._img_ft, self._filters, fidx, pft, pidx, self._wts, prod, energy,
+                edges[k], edges[k + 1]), nt)
+        if b.is_gpu:
+            ccs = b.fft.irfft2(prod, s=(hs, ws), axes=(-2, -1), overwrite_x=True)
+        else:
+            ccs = self._cc_buffer(m)
+            # pocketfft is faster one map at a time than batched (cache), and threads
+            # over maps scale better than threads inside one FFT.
+            self._map_threads(lambda i: ccs.__setitem__(i, sfft.irfft2(
+                prod[i], s=(hs, ws), workers=1, overwrite_x=True)), m)
+        # Parseval: sum_x t(x)^2 = (1/N) sum_k |T(k)|^2 over the full spectrum.
+        with np.errstate(divide="ignore"):
+            scales = np.where(energy > 0, 1.0 / np.sqrt(energy / (hs * ws)), 0.0).astype(np.float32)
+        return ccs, scales, gidx
+
+    def _cc_buffer(self, m):
+        buf = getattr(self, "_ccbuf", None)
+        if buf is None or buf.shape[0] < m:
+            buf = self._ccbuf = np.empty((m,) + tuple(self.frame), np.float32)
+        return buf[:m]
+
+    def _map_threads(self, fn, n):
+        pool = getattr(self, "_pool", None)
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            pool = self._pool = ThreadPoolExecutor(self.backend.fft_kw.get("workers", 1))
+        list(pool.map(fn, range(n)))
 
     def _update(self, ccs, scales, gidx):
         b = self.backend
         ny, nx = self.image_shape
         if b.is_gpu:
             xp = b.xp
-            _kernels.update_stats_reference(xp.stack(ccs), xp.asarray(scales), xp.asarray(gidx),
+            _kernels.update_stats_reference(ccs, xp.asarray(scales), xp.asarray(gidx),
                                             self._mip, self._best, self._s1, self._s2, ny, nx, xp=xp)
         else:
-            stack = ccs[0][None] if len(ccs) == 1 else np.stack(ccs)
-            _kernels.update_stats(stack, scales, gidx, self._mip, self._best,
-                                  self._s1, self._s2, ny, nx)
+            _kernels.update_stats(ccs, scales, gidx, self._mip, self._best,
+                                  self._s1, self._s2, ny, nx, run=self._map_threads)
 
     # ------------------------------------------------------------- statistics
     def _moments(self, n):

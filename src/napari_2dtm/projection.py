@@ -47,14 +47,14 @@ class FourierVolume:
         return self.size * template_pixel_a / (box * search_pixel_a)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@numba.njit(nogil=True, fastmath=True, cache=True)
 def _slices_numba(vol, rots, box, scale, out):
     big = vol.shape[0]
     half = big // 2
     nkx = box // 2 + 1
     rmax2 = (half - 1.0) ** 2
     nb = rots.shape[0]
-    for t in numba.prange(nb * box):
+    for t in range(nb * box):
         b = t // box
         i = t % box
         ky = i if i < box - box // 2 else i - box
