@@ -35,8 +35,6 @@ def _focus_on_results(viewer, micrograph_name: str):
                           (f"hits [{micrograph_name}]", True)):
         if name in viewer.layers:
             viewer.layers[name].visible = visible
-    if f"SNR [{micrograph_name}]" in viewer.layers:
-        viewer.layers[f"SNR [{micrograph_name}]"].opacity = 0.6
     hits = f"hits [{micrograph_name}]"
     if hits in viewer.layers:
         viewer.layers.selection.active = viewer.layers[hits]
@@ -59,13 +57,13 @@ def launch(
     _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Search")
     widget.output_dir.setText(str(out_dir))
     widget.overwrite.setChecked(overwrite)
-    viewer.reset_view()
+    QTimer.singleShot(300, viewer.reset_view)  # once the dock has taken its space
     state = {"live": live_screenshot is None, "code": 0}
 
     def on_progress(p):
         if not state["live"] and p.fraction >= 0.5:
             state["live"] = True
-            viewer.layers.selection.active = viewer.layers[f"z-score [{widget.micrograph_combo.currentText()}]"]
+            viewer.layers.selection.active = viewer.layers[f"SNR [{widget.micrograph_combo.currentText()}]"]
             viewer.screenshot(str(live_screenshot), canvas_only=False)
             print(f"screenshot (live, {100 * p.fraction:.0f}%): {live_screenshot}")
 

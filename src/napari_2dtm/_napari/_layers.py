@@ -18,7 +18,7 @@ UNITS_2D = ("angstrom", "angstrom")
 
 #: colormap and default visibility of every map a search produces
 MAP_STYLE = {
-    "zscore": ("magma", True),
+    "zscore": ("magma", False),
     "snr": ("inferno", True),
     "mip": ("viridis", False),
     "mean": ("gray", False),
@@ -91,7 +91,7 @@ def map_layer(key: str, data: np.ndarray, pixel_size_a: float, micrograph_name: 
         colormap=cmap,
         contrast_limits=full_limits(data),
         blending="additive",
-        opacity=0.8,
+        opacity=0.7,
         visible=visible,
         metadata={"napari_2dtm": {"kind": "map", "map": key, "pixel_size_a": px}},
     )

@@ -658,7 +658,7 @@ class SearchWidget(QWidget):
         self.progress.setValue(1000)
         self.progress.setFormat(f"done in {_fmt_seconds(result.metadata.get('elapsed_s', 0))}")
         self._set_status(
-            f"{n} hits above SNR {result.threshold:.2f}; saved to {folder}"
+            f"{n} hits above the threshold {result.threshold:.2f}; saved to {folder}"
         )
         self._finished_state = "done"
 
