@@ -48,8 +48,9 @@ def floor_seconds(frame, backend, reps=20) -> float:
 
 def template_volume(px: float):
     try:
-        from napari_2dtm.model import template_from_model
         from pathlib import Path
+
+        from napari_2dtm.model import template_from_model
 
         p = Path(__file__).resolve().parents[1] / "src/napari_2dtm/data/1BD2.pdb.gz"
         return template_from_model(p, px)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import starfile
-from _planting import plant, structure
 
+from _planting import plant, structure
 from napari_2dtm import CTFParams, SearchConfig, read_results, search, write_results
 from napari_2dtm.cli import main
 from napari_2dtm.errors import InputError

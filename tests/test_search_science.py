@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _planting import match, plant, structure
 
+from _planting import match, plant, structure
 from napari_2dtm import CTFParams, Search, SearchConfig, extract_hits, search
 from napari_2dtm.geometry import angular_distance_deg, euler_to_matrix
 

@@ -301,8 +301,6 @@ class Search:
         Raises :class:`~napari_2dtm.errors.SearchCancelled` if :meth:`cancel` was called.
         """
         self._setup_device()
-        b = self.backend
-        xp = b.xp
         cfg = self.config
         hs, ws = self.frame
         ny, nx = self.image_shape
