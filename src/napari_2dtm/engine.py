@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import scipy.fft as sfft
+from numba.typed import List as NumbaList
 
 from . import _kernels
 from .backend import get_backend, to_numpy
@@ -265,7 +266,8 @@ class Search:
         b = self.backend
         xp = b.xp
         h = self.box
-        sl = extract_slices(self._fvol, rots, h, scale)
+        sl = extract_slices(self._fvol, rots, h, scale,
+                            run=None if b.is_gpu else self._map_threads)
         p = b.fft.irfft2(sl, s=(h, h), axes=(-2, -1), **b.fft_kw)
         # In the wrapped layout the box edges are rows/cols h/2 - 1 and h/2.
         e = h // 2
@@ -379,21 +381,17 @@ class Search:
         if b.is_gpu:
             ccs = b.fft.irfft2(prod, s=(hs, ws), axes=(-2, -1), overwrite_x=True)
         else:
-            ccs = self._cc_buffer(m)
+            outs = [None] * m
             # pocketfft is faster one map at a time than batched (cache), and threads
-            # over maps scale better than threads inside one FFT.
-            self._map_threads(lambda i: ccs.__setitem__(i, sfft.irfft2(
+            # over maps scale better than threads inside one FFT. The maps go to the
+            # statistics kernel as a typed list: no copy into a stack.
+            self._map_threads(lambda i: outs.__setitem__(i, sfft.irfft2(
                 prod[i], s=(hs, ws), workers=1, overwrite_x=True)), m)
+            ccs = NumbaList(outs)
         # Parseval: sum_x t(x)^2 = (1/N) sum_k |T(k)|^2 over the full spectrum.
         with np.errstate(divide="ignore"):
             scales = np.where(energy > 0, 1.0 / np.sqrt(energy / (hs * ws)), 0.0).astype(np.float32)
         return ccs, scales, gidx
-
-    def _cc_buffer(self, m):
-        buf = getattr(self, "_ccbuf", None)
-        if buf is None or buf.shape[0] < m:
-            buf = self._ccbuf = np.empty((m,) + tuple(self.frame), np.float32)
-        return buf[:m]
 
     def _map_threads(self, fn, n):
         pool = getattr(self, "_pool", None)

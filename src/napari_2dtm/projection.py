@@ -132,11 +132,12 @@ def extract_slices_reference(vol, rots, box: int, scale: float, xp=np):
     return out
 
 
-def extract_slices(fvol: FourierVolume, rots, box: int, scale: float, out=None):
+def extract_slices(fvol: FourierVolume, rots, box: int, scale: float, out=None, run=None):
     """Central slices ``(B, box, box // 2 + 1)`` complex64 for rotations ``(B, 3, 3)``.
 
     The DC term is set to zero. On the CPU this runs a parallel numba kernel; on a GPU
-    the array-module reference implementation.
+    the array-module reference implementation. ``run(fn, n)``, if given, runs
+    ``fn(0..n-1)`` in threads (the kernel releases the GIL).
     """
     xp = fvol.xp
     if xp is not np:
@@ -144,7 +145,13 @@ def extract_slices(fvol: FourierVolume, rots, box: int, scale: float, out=None):
     rots = np.ascontiguousarray(rots, dtype=np.float64)
     if out is None:
         out = np.empty((len(rots), box, box // 2 + 1), np.complex64)
-    _slices_numba(fvol.data, rots, box, float(scale), out)
+    if run is None or len(rots) < 2:
+        _slices_numba(fvol.data, rots, box, float(scale), out)
+    else:
+        n = min(len(rots), 8)
+        e = np.linspace(0, len(rots), n + 1).astype(int)
+        run(lambda k: _slices_numba(fvol.data, rots[e[k]:e[k + 1]], box, float(scale),
+                                    out[e[k]:e[k + 1]]), n)
     return out
 
 
