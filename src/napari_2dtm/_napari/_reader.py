@@ -53,10 +53,36 @@ def get_reader(path):
 # ---------------------------------------------------------------- MRC files
 
 
+# bytes per voxel of the readable modes (101: 4-bit, two voxels a byte)
+_MODE_BYTES = {0: 1.0, 1: 2.0, 2: 4.0, 6: 2.0, 12: 2.0, 101: 0.5}
+
+
+def _plausible_header(path: Path) -> bool:
+    """Cheap check of the 1024-byte header against the file size.
+
+    Junk with a huge claimed size can keep mrcfile busy for seconds; this rejects it,
+    and truncated files, before mrcfile looks at the data.
+    """
+    size = path.stat().st_size
+    if size < 1024:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    for order in "<>":
+        words = np.frombuffer(head, dtype=f"{order}i4", count=25)
+        nx, ny, nz, mode = (int(v) for v in words[:4])
+        nsymbt = int(words[23])
+        if mode in _MODE_BYTES and min(nx, ny, nz) > 0 and 0 <= nsymbt < size:
+            return size >= 1024 + nsymbt + int(nx * ny * nz * _MODE_BYTES[mode])
+    return False
+
+
 def _mrc_info(path: Path) -> dict | None:
     """Header facts needed to build the layer, or ``None`` if the file is unreadable."""
     import mrcfile
 
+    if not _plausible_header(path):
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
