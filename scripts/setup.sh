@@ -33,7 +33,7 @@ fi
 
 stamp_dir=build
 stamp="$stamp_dir/.setup-stamp"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(pwd)"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(pwd) $(command -v "$PY")"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$PY" -c "import napari_2dtm, napari, npe2, pytest_qt, ruff" >/dev/null 2>&1; then
   exit 0
