@@ -48,8 +48,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("detection and compute")
     d.add_argument("--n-false-positives", type=float, default=1.0, metavar="N",
                    help="expected false positives per micrograph for the threshold (1)")
-    d.add_argument("--peak-radius", type=float, default=10.0, metavar="PX",
-                   help="minimum distance between hits in search pixels (10)")
+    d.add_argument("--peak-radius", type=float, default=None, metavar="PX",
+                   help="minimum distance between hits in search pixels "
+                        "(default: 0.7 x the template's particle radius)")
     d.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="compute device (auto)")
     d.add_argument("--batch-size", type=int, default=None, metavar="N", help="orientations per batch (auto)")
     d.add_argument("--pixel-size", type=float, default=None, metavar="A",

@@ -82,7 +82,8 @@ def extract_hits(result, metric: str = "zscore", threshold: float | None = None,
         raise ValueError(f"no map {metric!r} in the result (have {sorted(maps)})")
     thr = result.threshold if threshold is None else float(threshold)
     if radius_px is None:
-        radius_px = result.metadata.get("config", {}).get("peak_radius_px", 10.0)
+        radius_px = (result.metadata.get("peak_radius_px")
+                     or result.metadata.get("config", {}).get("peak_radius_px") or 10.0)
     valid = result.valid_mask
     m = valid if mask is None else (mask if valid is None else (mask & valid))
     pk = find_peaks(maps[metric], thr, radius_px, mask=m)

@@ -56,7 +56,7 @@ class SearchConfig:
     pixel_size_step_a: float = 0.01
     high_res_limit_a: float | None = None
     n_false_positives: float = 1.0
-    peak_radius_px: float = 10.0
+    peak_radius_px: float | None = None  # None: 0.7 x the particle radius
     device: str = "auto"
     batch_size: int | None = None
     progress_interval_s: float = 1.0
@@ -170,7 +170,10 @@ class Search:
                 f"pixel size {px:.3f} A) is larger than the micrograph ({ny} x {nx} px)"
             )
         self.box = box
-        self.border_px = min(box // 2, int(math.ceil(_template_radius(t) * t.pixel_size_a / px)) + 1)
+        self.particle_radius_px = _template_radius(t) * t.pixel_size_a / px
+        self.border_px = min(box // 2, int(math.ceil(self.particle_radius_px)) + 1)
+        self.peak_radius_px = (float(cfg.peak_radius_px) if cfg.peak_radius_px
+                               else max(3.0, 0.7 * self.particle_radius_px))
 
         # --- search space ---
         if cfg.orientations is not None:
@@ -511,6 +514,8 @@ class Search:
             "n_trials": n_trials,
             "threshold": thr,
             "border_px": self.border_px,
+            "particle_radius_px": self.particle_radius_px,
+            "peak_radius_px": self.peak_radius_px,
             "cc_global_mean": gmean,
             "cc_global_std": gsig,
             "device": self.backend.name,
@@ -528,16 +533,23 @@ class Search:
 
 
 def _template_radius(t: Template) -> float:
-    """Radius (template px) of the sphere holding the template's significant density."""
-    v = np.abs(t.volume)
-    mx = float(v.max())
-    if mx <= 0:
-        return t.box / 2
+    """Radius (template px) of the sphere holding 99% of the template's |potential|.
+
+    An integral criterion: a max-fraction cut would pick up the flat low tail of
+    B-factor-blurred atoms and overestimate the particle.
+    """
+    v = np.abs(t.volume).astype(np.float64)
+    tot = v.sum()
     n = t.box
+    if tot <= 0:
+        return n / 2
     c = n // 2
-    idx = np.argwhere(v > 0.02 * mx)
-    r = np.sqrt(((idx - c) ** 2).sum(1)).max() if len(idx) else n / 2
-    return float(min(r + 1.0, n / 2))
+    z, y, x = np.indices(v.shape)
+    r = np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).ravel()
+    order = np.argsort(r)
+    cum = np.cumsum(v.ravel()[order]) / tot
+    r99 = r[order][np.searchsorted(cum, 0.99)]
+    return float(min(r99 + 1.0, n / 2))
 
 
 def _jsonable(d):
