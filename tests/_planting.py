@@ -30,6 +30,16 @@ def structure(name: str) -> Path:
     pytest.skip(f"structure {name} not found in {STRUCTURES}")
 
 
+def structure_file(filename: str) -> Path:
+    """A test structure by file name ('1BD2.pdb.gz'), shared data first, else skip."""
+    for d in (STRUCTURES, PACKAGE_DATA):
+        if (d / filename).exists():
+            return d / filename
+    import pytest
+
+    pytest.skip(f"test structure {filename} not found in {STRUCTURES} (shared data not mounted)")
+
+
 def real_space_projection(volume: np.ndarray, angles_deg) -> np.ndarray:
     n = volume.shape[0]
     c = n // 2

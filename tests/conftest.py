@@ -37,3 +37,9 @@ def demo_sample():
     from napari_2dtm._napari._sample_data import demo_sample as make
 
     return make()
+
+
+@pytest.fixture(autouse=True)
+def _template_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Keep the model-template disk cache inside the test session's temporary folder."""
+    monkeypatch.setenv("NAPARI_2DTM_CACHE", str(tmp_path_factory.getbasetemp() / "napari2dtm-cache"))

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
 
+from _planting import structure_file as structure
 from napari_2dtm import model as mdl
 from napari_2dtm.cli import build_parser, main
-
-STRUCTURES = Path(__file__).parents[1].parent / "shared" / "data" / "structures"
-PACKAGED = Path(mdl.__file__).parent / "data"
-
-
-def structure(name: str) -> Path:
-    for d in (STRUCTURES, PACKAGED):
-        if (d / name).exists():
-            return d / name
-    pytest.skip(f"test structure {name} not found in {STRUCTURES} (shared data not mounted)")
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NAPARI_2DTM_CACHE", str(tmp_path_factory.getbasetemp() / "napari2dtm-cache"))
 
 
 def test_template_cli_writes_mrc_and_refuses_overwrite(tmp_path, capsys):

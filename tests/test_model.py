@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from _planting import structure_file as structure
 from napari_2dtm import model as mdl
 from napari_2dtm.errors import InputError
 from napari_2dtm.model import (
@@ -21,22 +22,6 @@ from napari_2dtm.model import (
     template_from_model,
 )
 from napari_2dtm.template import Template, load_template
-
-STRUCTURES = Path(__file__).parents[1].parent / "shared" / "data" / "structures"
-PACKAGED = Path(mdl.__file__).parent / "data"
-
-
-def structure(name: str) -> Path:
-    """A test structure from the shared data folder (or the packaged copy), else skip."""
-    for d in (STRUCTURES, PACKAGED):
-        if (d / name).exists():
-            return d / name
-    pytest.skip(f"test structure {name} not found in {STRUCTURES} (shared data not mounted)")
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NAPARI_2DTM_CACHE", str(tmp_path_factory.getbasetemp() / "napari2dtm-cache"))
 
 
 def _centroid(vol):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
 
-from napari_2dtm import model as mdl
+from _planting import structure_file as structure
 from napari_2dtm.ctf import CTFParams, ctf_2d
 from napari_2dtm.errors import InputError
 from napari_2dtm.geometry import euler_to_matrix
@@ -23,21 +21,6 @@ from napari_2dtm.simulate import (
     simulate_micrograph,
     write_simulation,
 )
-
-STRUCTURES = Path(__file__).parents[1].parent / "shared" / "data" / "structures"
-PACKAGED = Path(mdl.__file__).parent / "data"
-
-
-def structure(name: str) -> Path:
-    for d in (STRUCTURES, PACKAGED):
-        if (d / name).exists():
-            return d / name
-    pytest.skip(f"test structure {name} not found in {STRUCTURES} (shared data not mounted)")
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("NAPARI_2DTM_CACHE", str(tmp_path_factory.getbasetemp() / "napari2dtm-cache"))
 
 
 def _rotated_template_projection(vol: np.ndarray, a: np.ndarray, px: float, order: int = 3) -> np.ndarray:
