@@ -36,7 +36,7 @@ from .ctf import CTFParams, ctf_2d
 from .errors import InputError, SearchCancelled
 from .filters import prepare_image
 from .geometry import euler_to_matrix, so3_grid
-from .projection import FourierVolume, extract_slices
+from .projection import FourierVolume, extract_slices, subtract_edge_mean
 from .template import Template, load_template
 
 __all__ = ["SearchConfig", "Search", "SearchProgress", "SearchResult", "search", "defocus_offsets"]
@@ -272,12 +272,7 @@ class Search:
         sl = extract_slices(self._fvol, rots, h, scale,
                             run=None if b.is_gpu else self._map_threads)
         p = b.fft.irfft2(sl, s=(h, h), axes=(-2, -1), **b.fft_kw)
-        # In the wrapped layout the box edges are rows/cols h/2 - 1 and h/2.
-        e = h // 2
-        edge = (p[:, e - 1, :].sum(-1) + p[:, e, :].sum(-1)
-                + p[:, :, e - 1].sum(-1) + p[:, :, e].sum(-1)
-                - p[:, e - 1, e - 1] - p[:, e - 1, e] - p[:, e, e - 1] - p[:, e, e])
-        p -= (edge / (4 * h - 4))[:, None, None]
+        subtract_edge_mean(p, xp=xp)
         return p.astype(xp.float32)
 
     def _padded_ft(self, proj):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["FourierVolume", "extract_slices", "extract_slices_reference", "project"]
+__all__ = ["FourierVolume", "extract_slices", "extract_slices_reference", "project",
+           "subtract_edge_mean"]
 
 
 class FourierVolume:
@@ -162,3 +163,18 @@ def project(fvol: FourierVolume, rots, box: int, scale: float = None, centered: 
     s = extract_slices(fvol, rots, box, scale)
     p = np.fft.irfft2(s, s=(box, box), axes=(-2, -1))
     return np.fft.fftshift(p, axes=(-2, -1)) if centered else p
+
+
+def subtract_edge_mean(p, xp=np):
+    """Subtract from each wrapped-layout projection ``(B, h, h)`` the mean of its box edge.
+
+    In the wrap-around layout (centre at pixel 0) the box edges are rows/columns
+    ``h/2 - 1`` and ``h/2``. Works in place for float arrays and returns ``p``.
+    """
+    h = p.shape[-1]
+    e = h // 2
+    edge = (p[:, e - 1, :].sum(-1) + p[:, e, :].sum(-1)
+            + p[:, :, e - 1].sum(-1) + p[:, :, e].sum(-1)
+            - p[:, e - 1, e - 1] - p[:, e - 1, e] - p[:, e, e - 1] - p[:, e, e])
+    p -= (edge / (4 * h - 4))[:, None, None]
+    return p
