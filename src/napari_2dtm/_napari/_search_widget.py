@@ -259,6 +259,14 @@ class SearchWidget(QWidget):
         holder = QWidget()
         v = QVBoxLayout(holder)
         v.setContentsMargins(0, 0, 0, 0)
+        self.teaching = QCheckBox("Teaching mode: slow, each step shown and explained")
+        self.teaching.setToolTip("Runs the same search at a watchable pace and shows, beside "
+                                 "the micrograph, each orientation's projection with its CTF, "
+                                 "its cross-correlation, the MIP building up and (with a "
+                                 "ground truth) live precision and recall")
+        self.teaching_pace: dict | None = None  # overrides _teaching.PACE (tests)
+        self._teaching_view = None
+        v.addWidget(self.teaching)
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
@@ -566,9 +574,16 @@ class SearchWidget(QWidget):
         self._cancel_requested = False
         self.result = None
         self.n_updates = 0
+        job, extra = search_job, {}
+        if self.teaching.isChecked():
+            from ._teaching import TeachingView, teaching_job, truth_table
+
+            self._teaching_view = TeachingView(self.viewer, self._mic_name)
+            job = teaching_job
+            extra = dict(truth=truth_table(self.viewer, self._mic_name), pace=self.teaching_pace)
         worker = create_worker(
-            search_job, image, px, template, config, out, mic_path, self._mic_name,
-            self.overwrite.isChecked(), _ignore_errors=True,
+            job, image, px, template, config, out, mic_path, self._mic_name,
+            self.overwrite.isChecked(), _ignore_errors=True, **extra,
         )
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -609,6 +624,11 @@ class SearchWidget(QWidget):
             self.progress.setFormat(f"0% · {value.n_orientations:,} orientations")
             self._set_status(f"Searching on {value.backend.name}…")
             return
+        if kind == "teach":  # teaching mode: its layers, then the usual progress display
+            self._teaching_view.show(value)
+            if value.stage != "search":
+                return
+            value = value.progress
         p = value
         for key in LIVE_MAPS:
             self._show_map(key, getattr(p, key), p.pixel_size_a)
