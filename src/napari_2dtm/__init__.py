@@ -16,6 +16,14 @@ from .detect import expected_false_positives, extract_hits, false_alarm_threshol
 from .engine import Search, SearchConfig, SearchProgress, SearchResult, search
 from .errors import GPUUnavailableError, InputError, SearchCancelled
 from .io import read_map, read_micrograph, write_mrc
+from .pvalue import (
+    PValueFit,
+    add_neg_log_p,
+    expected_false_positives_pvalue,
+    neg_log_p,
+    neg_log_p_map,
+    pvalue_threshold,
+)
 from .results import read_results, write_results
 from .template import Template, load_template
 
@@ -25,4 +33,6 @@ __all__ = [
     "write_results", "read_results", "extract_hits", "find_peaks", "false_alarm_threshold",
     "expected_false_positives", "gpu_info", "InputError", "GPUUnavailableError",
     "SearchCancelled", "__version__",
+    "neg_log_p", "neg_log_p_map", "add_neg_log_p", "pvalue_threshold",
+    "expected_false_positives_pvalue", "PValueFit",
 ]
