@@ -68,8 +68,11 @@ def extract_hits(result, metric: str = "zscore", threshold: float | None = None,
                  ctf=None) -> pd.DataFrame:
     """Hits table from a :class:`~napari_2dtm.engine.SearchResult`.
 
-    metric: a map name (``zscore``, ``snr``, ``mip``, or ``neg_log_p`` when present);
-    threshold defaults to the false-alarm threshold of the search; radius_px (search
+    metric: a map name (``zscore``, ``snr``, ``mip``, or ``neg_log_p`` when present, see
+    :func:`napari_2dtm.pvalue.add_neg_log_p`: hits are then taken from the p-value's
+    population only; compute it with the same ``mask`` as here);
+    threshold defaults to the false-alarm threshold of the search (for ``neg_log_p``:
+    ``t = ln(N_population / N_fp)``, N_fp from the config); radius_px (search
     pixels) to the config's peak radius; mask: boolean map (True = allowed).
     Columns: x, y (input-micrograph pixels), phi, theta, psi (deg), defocus_a, zscore,
     snr, mip, plus defocus1_a, defocus2_a, astigmatism_angle_deg and x_search/y_search.
@@ -83,6 +86,17 @@ def extract_hits(result, metric: str = "zscore", threshold: float | None = None,
                      or result.metadata.get("config", {}).get("peak_radius_px") or 10.0)
     valid = result.valid_mask
     m = valid if mask is None else (mask if valid is None else (mask & valid))
+    if metric == "neg_log_p":
+        # -ln p is a calibrated p-value only on its ranked population (local maxima of
+        # the z-score by default); other pixels of the map are a display interpolation.
+        from .pvalue import pvalue_threshold, result_population_mask  # noqa: PLC0415
+
+        pop = result_population_mask(result, mask)
+        if pop is not None:
+            m = pop
+            if threshold is None:
+                n_fp = result.metadata.get("config", {}).get("n_false_positives", 1.0)
+                thr = pvalue_threshold(max(int(pop.sum()), 1), n_fp)
     pk = find_peaks(maps[metric], thr, radius_px, mask=m)
     rows, cols = pk[:, 0], pk[:, 1]
     scale = result.pixel_size_a / result.input_pixel_size_a
