@@ -3,13 +3,13 @@
 :func:`teaching_job` is the worker body (like ``_jobs.search_job``, and it saves the
 same results folder); :class:`TeachingView` turns each
 :class:`~napari_2dtm.teaching.TeachingStep` into layers laid out beside the
-micrograph, in Angstrom::
+micrograph, in Angstrom (a 2 x 2 grid, which suits the canvas beside a dock)::
 
-    [ projection | CTF x whitening | filtered ]
-    [ micrograph ]  [ CC of this orientation ]  [ MIP so far ]
+    [ micrograph, live hits ]                [ CC of this orientation ]
+    [ projection | CTF x whitening | filtered ] [ MIP so far ]
 
-plus the live hits on the micrograph and the step's caption as the canvas text
-overlay. Layer names start with ``teaching:``. Runs in the main thread only.
+and the step's caption as the canvas text overlay. The projection strip is magnified
+to the micrograph's width. Layer names start with ``teaching:``. Main thread only.
 """
 
 from __future__ import annotations
@@ -92,17 +92,17 @@ class TeachingView:
         self._fitted = False
 
     # ----------------------------------------------------------------- layout
-    def _origin(self, panel: str, box_a: float = 0.0) -> tuple[float, float]:
-        col = self.width_a + self.gap_a
+    def _origin(self, panel: str) -> tuple[float, float]:
+        right = self.width_a + self.gap_a
+        below = self.height_a + self.gap_a
         return {
             "whitened": (0.0, 0.0),
-            "cc": (0.0, col),
-            "mip": (0.0, 2 * col),
-            "projection": (-(box_a + self.gap_a), col),
+            "cc": (0.0, right),
+            "mip": (below, right),
+            "projection": (below, 0.0),
         }[panel]
 
-    def _image(self, key: str, data: np.ndarray, px: float, colormap: str, box_a=0.0,
-               limits=None, blending="translucent"):
+    def _image(self, key: str, data: np.ndarray, px: float, colormap: str, limits=None):
         data = np.asarray(data, np.float32)
         lo, hi = limits or full_limits(data)
         layer = self.layers.get(key)
@@ -111,34 +111,36 @@ class TeachingView:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
             layer = self.viewer.add_image(
-                data, name=name, scale=(px, px), translate=self._origin(key, box_a),
+                data, name=name, scale=(px, px), translate=self._origin(key),
                 units=("angstrom", "angstrom"), colormap=colormap, contrast_limits=(lo, hi),
-                blending=blending,
                 metadata={"napari_2dtm": {"kind": "teaching", "pixel_size_a": px}},
             )
             self.layers[key] = layer
+            self._raise_labels()
             return layer
         layer.data = data
         layer.contrast_limits_range = (lo, hi)
         layer.contrast_limits = (lo, hi)
         return layer
 
-    def _labels(self, box_a: float):
-        """Titles at the top-left corner of each panel (a points layer's text)."""
+    def _raise_labels(self):
+        """Keep the titles above panels created after them."""
+        layer = self.layers.get("labels")
+        if layer is not None and layer in self.viewer.layers:
+            layers = self.viewer.layers
+            layers.move(layers.index(layer), len(layers))
+
+    def _labels(self):
+        """Titles above each panel (a points layer's text)."""
         if "labels" in self.layers:
             return
-        col = self.width_a + self.gap_a
-        rows = [
-            (0.0, 0.0, "micrograph (SNR and hits on top)"),
-            (0.0, col, "cross-correlation of this orientation"),
-            (0.0, 2 * col, "MIP: best score so far"),
-            (-(box_a + self.gap_a), col, "projection | CTF x whitening | filtered projection"),
-        ]
-        coords = np.array([[y - 0.02 * self.height_a, x] for y, x, _ in rows])
+        rows = [("whitened", "micrograph"), ("cc", "CC of this orientation"),
+                ("projection", "projection | CTF | filtered"), ("mip", "MIP so far")]
+        coords = np.array([self._origin(k) for k, _ in rows]) - [0.005 * self.height_a, 0.0]
         self.layers["labels"] = self.viewer.add_points(
             coords, name=LAYERS["labels"], size=0.0, face_color="transparent",
-            border_width=0, features={"label": [r[2] for r in rows]},
-            text={"string": "{label}", "anchor": "lower_left", "color": "white", "size": 10},
+            border_width=0, features={"label": [r[1] for r in rows]},
+            text={"string": "{label}", "anchor": "upper_left", "color": "white", "size": 8},
             units=("angstrom", "angstrom"),
         )
 
@@ -158,11 +160,18 @@ class TeachingView:
 
     def caption(self, text: str):
         overlay = self.viewer.text_overlay
-        overlay.text = "\n".join(textwrap.fill(p, 110) for p in text.splitlines())
+        overlay.text = "\n".join(textwrap.fill(p, 72) for p in text.splitlines())
         overlay.position = "top_left"
-        overlay.font_size = 11
+        overlay.font_size = 8
         overlay.box = True
         overlay.visible = True
+
+    def _fit(self):
+        """Fit all panels, leaving room at the top for the caption."""
+        self.viewer.reset_view()
+        self.viewer.camera.zoom *= 0.85
+        c = self.viewer.camera.center
+        self.viewer.camera.center = (*c[:-2], c[-2] - 0.08 * self.height_a, c[-1])
 
     # ------------------------------------------------------------------- show
     def show(self, step):
@@ -176,9 +185,10 @@ class TeachingView:
             sep = np.zeros((h, max(2, h // 16)), np.float32)
             montage = np.hstack([_unit(step.projection), sep, _unit(step.ctf), sep,
                                  _unit(step.filtered)])
-            box_a = h * px
-            self._image("projection", montage, px, "gray", box_a=box_a, limits=(-1.0, 1.0))
-            self._labels(box_a)
+            # magnified to the micrograph's width (its own panel: nothing to overlay)
+            self._image("projection", montage, self.width_a / montage.shape[1], "gray",
+                        limits=(-1.0, 1.0))
+            self._labels()
         if step.cc is not None:
             self._image("cc", step.cc, px, "magma")
         if step.mip is not None:
@@ -189,6 +199,8 @@ class TeachingView:
             self._hits(step.hits)
         self.caption(step.caption)
         self.n_shown += 1
-        if not self._fitted and "projection" in self.layers:
+        if not self._fitted and "mip" in self.layers:
             self._fitted = True
+            self._fit()
+        elif self.n_shown == 1:
             self.viewer.reset_view()
