@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+from .checkpoint import checkpoint_path_for, read_state
 from .ctf import CTFParams, read_ctffind
 from .engine import Search, SearchConfig
-from .errors import InputError
+from .errors import InputError, SearchCancelled
 from .io import read_micrograph
 from .results import write_results
 
@@ -53,6 +57,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                         "(default: 0.7 x the template's particle radius)")
     d.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="compute device (auto)")
     d.add_argument("--batch-size", type=int, default=None, metavar="N", help="orientations per batch (auto)")
+    d.add_argument("--checkpoint-interval", type=float, default=300.0, metavar="S",
+                   help="save partial results every S seconds beside the results folder "
+                        "(OUT.checkpoint.npz), so an interrupted search can be resumed; 0 = off")
     d.add_argument("--pixel-size", type=float, default=None, metavar="A",
                    help="micrograph pixel size in A (default: from the MRC header)")
 
@@ -72,6 +79,7 @@ def config_from_args(args) -> tuple[SearchConfig, float | None]:
         pixel_size_range_a=args.pixel_size_range, pixel_size_step_a=args.pixel_size_step,
         high_res_limit_a=args.high_res_limit, n_false_positives=args.n_false_positives,
         peak_radius_px=args.peak_radius, device=args.device, batch_size=args.batch_size,
+        checkpoint_interval_s=getattr(args, "checkpoint_interval", 300.0),
     )
     return cfg, px_from_ctffind
 
@@ -91,10 +99,36 @@ def _progress_line(p) -> str:
             f"{p.orientations_per_s:8.1f} orient/s  ETA {eta}  max z {p.zscore.max():5.2f}")
 
 
+@contextlib.contextmanager
+def stop_on_signals(search):
+    """Ctrl-C / SIGTERM (e.g. a batch system's time limit) cancel the search at the next
+    batch boundary, where its checkpoint is consistent, instead of killing it mid-batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    old = {sg: signal.getsignal(sg) for sg in sigs}
+    for sg in sigs:
+        signal.signal(sg, lambda *_: search.cancel())
+    try:
+        yield
+    finally:
+        for sg, h in old.items():
+            signal.signal(sg, h)
+
+
 def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out}: results folder exists; use --overwrite to replace it")
+    ckpt = checkpoint_path_for(out)
+    if ckpt.exists() and not args.resume:
+        if not args.overwrite:
+            raise InputError(f"{ckpt}: an interrupted search left this checkpoint; add --resume "
+                             "to continue it, or --overwrite to start over")
+        ckpt.unlink()
+    if args.resume and not ckpt.exists():
+        print(f"no checkpoint {ckpt}: starting from the beginning", file=sys.stderr)
     cfg, px_ctf = config_from_args(args)
     image, px = read_micrograph(args.micrograph, args.pixel_size or px_ctf)
     tpl = args.template
@@ -102,16 +136,29 @@ def run(args) -> int:
         from .template import load_template  # noqa: PLC0415
 
         tpl = load_template(tpl, pixel_size_a=args.template_pixel_size)
-    s = Search(image, px, tpl, cfg, template_kwargs=template_kwargs(args))
+    use_ckpt = args.checkpoint_interval > 0 or (args.resume and ckpt.exists())
+    s = Search(image, px, tpl, cfg, template_kwargs=template_kwargs(args),
+               checkpoint=ckpt if use_ckpt else None, micrograph_path=args.micrograph)
     print(f"{args.micrograph}: {image.shape[1]} x {image.shape[0]} px at {px:.3f} A; search at "
           f"{s.pixel_size_a:.3f} A, {s.n_orientations} orientations x {s.n_planes} planes = "
           f"{s.n_cc_total} cross-correlations on {s.backend.name}", file=sys.stderr)
+    if args.resume and ckpt.exists():
+        done = read_state(ckpt)["n_cc"] / max(1, s.n_cc_total)
+        print(f"resuming from {ckpt}: {100 * done:.1f}% done", file=sys.stderr)
     tty = sys.stderr.isatty()
-    for p in s.run():
-        if tty or p.done:
-            print(_progress_line(p), end="" if not p.done else "\n", file=sys.stderr, flush=True)
+    try:
+        with stop_on_signals(s):
+            for p in s.run():
+                if tty or p.done:
+                    print(_progress_line(p), end="" if not p.done else "\n", file=sys.stderr,
+                          flush=True)
+    except SearchCancelled:
+        where = f"; progress saved in {ckpt}, continue with --resume" if use_ckpt else ""
+        print(f"\nsearch interrupted{where}", file=sys.stderr)
+        return 130
     res = s.result
     write_results(res, out, overwrite=args.overwrite, micrograph_path=args.micrograph)
+    s.remove_checkpoint()
     print(f"{len(res.hits)} hits above z = {res.threshold:.2f}; results in {out}", file=sys.stderr)
     return 0
 
@@ -127,4 +174,7 @@ def register(sub) -> None:
     add_search_options(p)
     p.add_argument("--out", "-o", required=True, type=Path, help="results folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search from OUT.checkpoint.npz (same micrograph, "
+                        "template and search settings; refused otherwise)")
     p.set_defaults(func=run)
