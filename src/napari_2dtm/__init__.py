@@ -11,6 +11,7 @@ Public API (the napari widgets and the CLI use exactly this)::
 __version__ = "0.1.0"
 
 from .backend import gpu_info
+from .checkpoint import SearchPartial, load_partial, merge_partials, save_partial, shard_ranges
 from .ctf import CTFParams, read_ctffind
 from .detect import expected_false_positives, extract_hits, false_alarm_threshold, find_peaks
 from .engine import Search, SearchConfig, SearchProgress, SearchResult, search
@@ -35,4 +36,5 @@ __all__ = [
     "SearchCancelled", "__version__",
     "neg_log_p", "neg_log_p_map", "add_neg_log_p", "pvalue_threshold",
     "expected_false_positives_pvalue", "PValueFit",
+    "SearchPartial", "merge_partials", "load_partial", "save_partial", "shard_ranges",
 ]
