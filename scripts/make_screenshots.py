@@ -4,7 +4,8 @@
 
 Opens napari with the "2DTM demo" sample and the Search widget docked, runs the
 demo search, and saves the whole window half-way through the search
-(``docs/images/search_live.png``) and when it is done (``search_done.png``).
+(``docs/images/search_live.png``) and when it is done (``search_done.png``); then the
+same search in teaching mode (``teaching_mode.png``).
 Without a display it re-runs itself under ``xvfb-run``.
 """
 
@@ -33,12 +34,46 @@ def main() -> int:
     quiet_notifications()
     IMAGES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        return launch(
+        code = launch(
             Path(tmp) / "results",
             live_screenshot=IMAGES / "search_live.png",
             done_screenshot=IMAGES / "search_done.png",
             quit_when_done=True,
         )
+        return code or teaching_screenshot(IMAGES / "teaching_mode.png", Path(tmp) / "teaching")
+
+
+def teaching_screenshot(png: Path, out_dir: Path) -> int:
+    """The demo search in teaching mode (fast pace), saved at 60 % (teaching_mode.png)."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    from napari_2dtm._napari._demo import _new_viewer
+
+    viewer = _new_viewer("napari-2dtm teaching mode")
+    viewer.open_sample("napari-2dtm", "demo")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Search")
+    widget.output_dir.setText(str(out_dir))
+    widget.teaching.setChecked(True)
+    widget.teaching_pace = dict(step_s=0.1, intro_s=0.5, max_steps=20)
+    state = {"shot": False, "code": 1}
+
+    def on_progress(p):
+        if not state["shot"] and p.fraction >= 0.6:
+            state["shot"] = True
+            viewer.screenshot(str(png), canvas_only=False)
+            print(f"screenshot (teaching mode, {100 * p.fraction:.0f}%): {png}")
+
+    def on_finished(outcome):
+        state["code"] = 0 if outcome == "done" and state["shot"] else 1
+        widget._estimate_timer.stop()  # no run-time estimate racing the window's closing
+        QTimer.singleShot(200, viewer.close)
+
+    widget.progress_shown.connect(on_progress)
+    widget.search_finished.connect(on_finished)
+    QTimer.singleShot(500, widget.run)
+    napari.run()
+    return state["code"]
 
 
 if __name__ == "__main__":
