@@ -12,6 +12,7 @@ from .errors import GPUUnavailableError, InputError
 # ``func(args) -> int`` is set with ``parser.set_defaults(func=...)``.
 _SUBCOMMAND_MODULES = [
     "napari_2dtm._cli_search",
+    "napari_2dtm._cli_batch",
     "napari_2dtm._cli_template",
     "napari_2dtm._cli_simulate",
     "napari_2dtm._cli_demo",
