@@ -27,10 +27,12 @@ MAP_STYLE = {
     "theta": ("twilight", False),
     "psi": ("twilight", False),
     "defocus": ("coolwarm", False),
+    "neg_log_p": ("viridis", False),
 }
 
 #: display names of the maps in layer names
-MAP_LABEL = {"zscore": "z-score", "snr": "SNR", "mip": "MIP", "defocus": "defocus"}
+MAP_LABEL = {"zscore": "z-score", "snr": "SNR", "mip": "MIP", "defocus": "defocus",
+             "neg_log_p": "-ln p"}
 
 
 def robust_limits(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:

@@ -10,7 +10,9 @@ a folder that is not a results folder), so napari can try another reader.
   slider over images;
 * a 3D map or tomogram (``.map``, ``.rec``, cubic ``.mrc``) opens as a volume;
 * a results folder (one with ``search.json``, as written by ``napari-2dtm search``)
-  opens as the micrograph (if its file is still there) plus every map and the hits.
+  opens as the micrograph (if its file is still there) plus every map and the hits;
+  in a running napari the "2DTM Hits" widget then docks to review them (with any
+  decisions saved in the folder's ``review/``).
 
 A zero or missing pixel size gives a layer in pixel units.
 """
@@ -145,7 +147,29 @@ def _results_reader(folder: Path):
         json.loads((folder / "search.json").read_text())
     except (OSError, ValueError):
         return None
-    return lambda _path: results_layers(folder)
+    return lambda _path: _open_results(folder)
+
+
+def _open_results(folder: Path) -> list:
+    layers = results_layers(folder)
+    _schedule_review(folder, layers)
+    return layers
+
+
+def _schedule_review(folder: Path, layers: list) -> None:
+    """Dock the Hits widget on the opened hits once napari has added the layers."""
+    try:
+        from qtpy.QtWidgets import QApplication
+    except ImportError:  # no Qt: layers only
+        return
+    if QApplication.instance() is None:
+        return
+    hits = [kw["name"] for _, kw, kind in layers
+            if kind == "points" and kw.get("metadata", {}).get("napari_2dtm", {}).get("kind") == "hits"]
+    if hits:
+        from ._hits_widget import dock_after_open
+
+        dock_after_open(folder, hits[0])
 
 
 def _micrograph_path(folder: Path, metadata: dict) -> Path | None:

@@ -1,0 +1,250 @@
+"""Views of the Hits widget: the hits table model, the histogram and the inspection panel.
+
+Qt and matplotlib only; they draw what :class:`napari_2dtm.review.Review` and
+:class:`napari_2dtm.inspect.HitInspector` compute and hold no review state themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+from ..review import METRICS, STATUSES
+
+#: border colour of a point per status (RGBA)
+STATUS_RGBA = {
+    "unreviewed": (0.0, 0.9, 1.0, 1.0),
+    "accepted": (0.25, 1.0, 0.25, 1.0),
+    "rejected": (1.0, 0.25, 0.25, 1.0),
+}
+#: table columns after the metrics: (header, table column)
+BASE_COLUMNS = [("x", "x"), ("y", "y"), ("φ", "phi"), ("θ", "theta"), ("ψ", "psi"),
+                ("defocus Å", "defocus_a")]
+_NO_PARENT = QModelIndex()
+
+
+# --------------------------------------------------------------------- table
+
+
+class HitsTableModel(QAbstractTableModel):
+    """Rows = the shown candidates, in the current sort order; columns as configured.
+
+    Values are held as NumPy columns (no pandas access per cell), sorting and
+    filtering are NumPy index operations, so a threshold change over 10,000 rows is
+    one model reset.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.columns: list[tuple[str, str]] = []
+        self.values: dict[str, np.ndarray] = {}
+        self.status = np.zeros(0, object)
+        self.shown = np.zeros(0, bool)
+        self.rows = np.zeros(0, np.int64)  # candidate ids in view order
+        self.pos = np.zeros(0, np.int64)  # id -> row (-1: not listed)
+        self.sort_column = 2
+        self.sort_order = Qt.SortOrder.DescendingOrder
+
+    def set_table(self, table, metrics: list[str]):
+        self.beginResetModel()
+        self.columns = [("#", "id"), ("status", "status")]
+        self.columns += [(METRICS[m], m) for m in metrics if m in table.columns]
+        self.columns += [c for c in BASE_COLUMNS if c[1] in table.columns]
+        self.values = {key: table[key].to_numpy() for _, key in self.columns if key != "status"}
+        self.status = table["status"].to_numpy(object).copy() if len(table) else np.zeros(0, object)
+        self.shown = np.ones(len(table), bool)
+        self._order = self._sorted_ids()
+        self._filter()
+        self.endResetModel()
+
+    def set_shown(self, shown: np.ndarray):
+        self.beginResetModel()
+        self.shown = np.asarray(shown, bool)
+        self._filter()
+        self.endResetModel()
+
+    def set_status(self, ids, status: str):
+        ids = np.atleast_1d(np.asarray(ids, np.int64))
+        self.status[ids] = status
+        col = next(i for i, c in enumerate(self.columns) if c[1] == "status")
+        for i in ids:
+            r = int(self.pos[i]) if i < len(self.pos) else -1
+            if r >= 0:
+                idx = self.index(r, col)
+                self.dataChanged.emit(idx, idx)
+
+    def _sorted_ids(self) -> np.ndarray:
+        n = len(self.status)
+        if not self.columns or n == 0:
+            return np.arange(n)
+        key = self.columns[min(self.sort_column, len(self.columns) - 1)][1]
+        vals = self.status if key == "status" else self.values[key]
+        if key == "status":
+            vals = np.array([STATUSES.index(s) for s in vals])
+        order = np.argsort(vals, kind="stable")
+        return order[::-1].copy() if self.sort_order == Qt.SortOrder.DescendingOrder else order
+
+    def _filter(self):
+        self.rows = self._order[self.shown[self._order]] if len(self._order) else self._order
+        self.pos = np.full(len(self.status), -1, np.int64)
+        self.pos[self.rows] = np.arange(len(self.rows))
+
+    # Qt model API
+    def rowCount(self, parent=_NO_PARENT):  # noqa: N802 (Qt name)
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent=_NO_PARENT):  # noqa: N802
+        return 0 if parent.isValid() else len(self.columns)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.columns[section][0]
+        return None
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        i = int(self.rows[index.row()])
+        key = self.columns[index.column()][1]
+        if role == Qt.ItemDataRole.DisplayRole:
+            if key == "status":
+                return str(self.status[i])
+            v = self.values[key][i]
+            if key == "id":
+                return str(int(v))
+            if key in ("x", "y", "defocus_a"):
+                return f"{v:.0f}"
+            if key in ("phi", "theta", "psi"):
+                return f"{v:.1f}"
+            return f"{v:.2f}"
+        if role == Qt.ItemDataRole.ForegroundRole and key == "status":
+            from qtpy.QtGui import QColor
+
+            r, g, b, _ = STATUS_RGBA[str(self.status[i])]
+            return QColor.fromRgbF(r, g, b)
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def sort(self, column, order=Qt.SortOrder.AscendingOrder):
+        self.layoutAboutToBeChanged.emit()
+        self.sort_column, self.sort_order = int(column), order
+        self._order = self._sorted_ids()
+        self._filter()
+        self.layoutChanged.emit()
+
+
+# ------------------------------------------------------------------ plots
+
+
+def _dark_figure(w_in: float, h_in: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w_in, h_in), dpi=90, facecolor="#262930")
+    return fig
+
+
+def _style_axes(ax):
+    ax.set_facecolor("#1f2026")
+    for s in ax.spines.values():
+        s.set_color("#8a8f99")
+    ax.tick_params(colors="#d0d4dc", labelsize=7)
+    ax.xaxis.label.set_color("#d0d4dc")
+    ax.yaxis.label.set_color("#d0d4dc")
+    ax.title.set_color("#d0d4dc")
+
+
+class HistogramPlot:
+    """Log-count histogram of the metric with the expected-noise curve and threshold."""
+
+    def __init__(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+        self.figure = _dark_figure(4.0, 1.9)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(150)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.ax = self.figure.add_subplot(111)
+        self.figure.subplots_adjust(left=0.11, right=0.98, top=0.96, bottom=0.22)
+        self.bars = None
+        self.line = None
+        self.centres = np.zeros(0)
+
+    def set_review(self, review):
+        ax = self.ax
+        ax.clear()
+        _style_axes(ax)
+        counts, edges, noise = review.histogram()
+        self.centres = 0.5 * (edges[:-1] + edges[1:])
+        width = np.diff(edges)
+        self.bars = ax.bar(self.centres, np.maximum(counts, 1e-9), width=width, align="center",
+                           color="#6a7fb0", edgecolor="none", label="candidates")
+        ax.plot(self.centres, noise, color="#ffb000", lw=1.4, label="expected noise")
+        top = max(float(counts.max()) if counts.size else 1.0, 1.0) * 3
+        ax.set_yscale("log")
+        ax.set_ylim(0.5, top)
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_xlabel(METRICS[review.metric], labelpad=1)
+        ax.set_ylabel("count", labelpad=1)
+        self.line = ax.axvline(review.threshold, color="#ff4d4d", lw=1.4, label="threshold")
+        leg = ax.legend(fontsize=7, loc="upper right", frameon=False)
+        for t in leg.get_texts():
+            t.set_color("#d0d4dc")
+        self.set_threshold(review.threshold)
+
+    def set_threshold(self, t: float):
+        if self.line is None:
+            return
+        self.line.set_xdata([t, t])
+        for c, bar in zip(self.centres, self.bars):
+            bar.set_color("#57d9a3" if c >= t else "#6a7fb0")
+        self.canvas.draw_idle()
+
+
+class InspectionPanel(QWidget):
+    """Whitened box | template at pose (CTF) x cc | difference, and the hit's numbers."""
+
+    def __init__(self):
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+        self.figure = _dark_figure(4.0, 1.55)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(130)
+        self.axes = [self.figure.add_subplot(1, 3, i + 1) for i in range(3)]
+        self.figure.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.02, wspace=0.04)
+        self.images = []
+        for ax, title in zip(self.axes, ("micrograph (whitened)", "template at pose × CTF",
+                                         "difference")):
+            _style_axes(ax)
+            ax.set_title(title, fontsize=7.5, pad=2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            self.images.append(ax.imshow(np.zeros((8, 8)), cmap="gray", vmin=-1, vmax=1,
+                                         interpolation="nearest"))
+        self.numbers = QLabel("Select a hit (table, point, or n / p).")
+        self.numbers.setWordWrap(True)
+        self.numbers.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        v = QVBoxLayout(self)
+        v.setContentsMargins(0, 0, 0, 0)
+        v.addWidget(self.canvas)
+        v.addWidget(self.numbers)
+        self.last = None
+
+    def show_inspection(self, ins, text: str):
+        self.last = ins
+        lim = float(np.percentile(np.abs(ins.box), 99.5)) or 1.0
+        for im, arr in zip(self.images, (ins.box, ins.model, ins.difference)):
+            im.set_data(arr)
+            im.set_extent((0, arr.shape[1], arr.shape[0], 0))
+            im.set_clim(-lim, lim)
+        self.numbers.setText(text)
+        self.canvas.draw_idle()
+
+    def show_message(self, text: str):
+        self.last = None
+        for im in self.images:
+            im.set_data(np.zeros((8, 8)))
+        self.numbers.setText(text)
+        self.canvas.draw_idle()
