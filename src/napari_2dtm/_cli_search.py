@@ -157,10 +157,32 @@ def run(args) -> int:
         print(f"\nsearch interrupted{where}", file=sys.stderr)
         return 130
     res = s.result
+    metric, thr = _detect(res, args, cfg)
     write_results(res, out, overwrite=args.overwrite, micrograph_path=args.micrograph)
     s.remove_checkpoint()
-    print(f"{len(res.hits)} hits above z = {res.threshold:.2f}; results in {out}", file=sys.stderr)
+    print(f"{len(res.hits)} hits with {metric} >= {thr:.2f}; results in {out}", file=sys.stderr)
     return 0
+
+
+def _detect(res, args, cfg) -> tuple[str, float]:
+    """Add the -ln p map (and column) and re-extract the hits with ``--metric``."""
+    from .detect import extract_hits  # noqa: PLC0415
+    from .pvalue import add_neg_log_p  # noqa: PLC0415
+
+    metric = getattr(args, "metric", "zscore")
+    thr = getattr(args, "threshold", None)
+    try:
+        fit = add_neg_log_p(res)
+    except ValueError as e:  # too few local maxima in a tiny image
+        if metric == "neg_log_p":
+            raise InputError(f"{args.micrograph}: no 2DTM p-value: {e}") from None
+        fit = None
+    if thr is None:
+        thr = fit.threshold(cfg.n_false_positives) if metric == "neg_log_p" else res.threshold
+    res.hits = extract_hits(res, metric=metric, threshold=thr, ctf=cfg.ctf)
+    res.metadata["hits_metric"] = metric
+    res.metadata["hits_threshold"] = float(thr)
+    return metric, float(thr)
 
 
 def register(sub) -> None:
@@ -177,4 +199,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search from OUT.checkpoint.npz (same micrograph, "
                         "template and search settings; refused otherwise)")
+    p.add_argument("--metric", choices=["zscore", "snr", "neg_log_p"], default="zscore",
+                   help="detection metric of the hits; neg_log_p = 2DTM p-value (Zhang et al. 2025) "
+                        "over the local maxima of the z-score")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="detection threshold (default: z-score/SNR false-alarm threshold for "
+                        "--n-false-positives; for neg_log_p t = ln(N_population / N_fp); "
+                        "the authors' fixed cutoff is 8)")
     p.set_defaults(func=run)

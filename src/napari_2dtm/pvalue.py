@@ -269,29 +269,32 @@ def population_size(zscore_map, population: str = "local_maxima", min_distance_p
 
 
 def fit_neg_log_p_map(zscore_map, snr_map, population: str = "local_maxima",
-                      min_distance_px: float = 10, mask=None, fill: str = "interpolate",
+                      min_distance_px: float = 10, mask=None, fill: str = "disk",
                       quadrants: int = 1) -> PValueFit:
     """``-ln p`` map of one image, with the fit and the population.
 
     zscore_map, snr_map: ``(ny, nx)`` maps of one search (partial maps of a running search
-    work too). population, min_distance_px, mask: see :func:`population_mask`.
+    work too: pass the search's valid region as ``mask``, e.g. ``Search.valid_mask()``).
+    population, min_distance_px, mask: see :func:`population_mask`.
 
-    The population pixels get their exact ``-ln p``. Other pixels (``fill``):
+    The population pixels get their exact ``-ln p``. With the local-maxima population
+    the other pixels (``fill``) get:
 
-    * ``"interpolate"`` (default): their z-score and SNR are placed among the population's
-      by linear interpolation of the probits between the sorted population values
-      (clipped at the lowest and highest rank) and scored with the same fitted Gaussian,
-      so the map is continuous for display. These values are **not** calibrated p-values
-      (a neighbour of a local maximum can score higher than the maximum itself): detect
-      on population pixels only, as ``extract_hits(result, metric="neg_log_p")`` does.
-    * ``"zero"``: 0 (p = 1), cheaper.
+    * ``"disk"`` (default): the value of the candidate within ``d // 2`` pixels (a disk;
+      candidates are more than ``d`` apart, so disks do not overlap), so that each
+      candidate shows as a spot at any zoom; 0 elsewhere. Only the centre pixel is the
+      candidate: ``extract_hits(result, metric="neg_log_p")`` detects on population
+      pixels only.
+    * ``"zero"``: 0 (p = 1).
 
-    Pixels outside ``mask`` (or non-finite) are 0. Returns a :class:`PValueFit` with a
-    ``(ny, nx)`` float32 ``neg_log_p`` map and ``population_mask``.
+    (A per-pixel extension by rank interpolation was tried: it is 0 almost everywhere,
+    because local maxima lie in the upper tail of the pixel values.) Pixels outside
+    ``mask`` (or non-finite) are 0. Returns a :class:`PValueFit` with a ``(ny, nx)``
+    float32 ``neg_log_p`` map and ``population_mask``.
     """
     _check_quadrants(quadrants)
-    if fill not in ("interpolate", "zero"):
-        raise ValueError(f"fill must be 'interpolate' or 'zero', got {fill!r}")
+    if fill not in ("disk", "zero"):
+        raise ValueError(f"fill must be 'disk' or 'zero', got {fill!r}")
     z = np.asarray(zscore_map, dtype=np.float32)
     s = np.asarray(snr_map, dtype=np.float32)
     if z.shape != s.shape:
@@ -302,20 +305,23 @@ def fit_neg_log_p_map(zscore_map, snr_map, population: str = "local_maxima",
     if n < 3:
         raise ValueError(f"the p-value needs at least 3 candidates, the population has {n} "
                          f"({population}, min distance {min_distance_px} px)")
-    zp = z[pop].astype(np.float64)
-    sp = s[pop].astype(np.float64)
-    fit = fit_neg_log_p(zp, sp, quadrants)
+    ys, xs = np.nonzero(pop)
+    fit = fit_neg_log_p(z[ys, xs].astype(np.float64), s[ys, xs].astype(np.float64), quadrants)
+    vals = fit.neg_log_p.astype(np.float32)
     out = np.zeros(z.shape, np.float32)
-    if fill == "interpolate":
-        rest = ok & ~pop
-        if rest.any():
-            grid = ndtri((np.arange(1, n + 1) - 0.5) / n)
-            az = np.interp(z[rest].astype(np.float64), np.sort(zp), grid)
-            as_ = np.interp(s[rest].astype(np.float64), np.sort(sp), grid)
-            cov = fit.covariance
-            det = cov[0, 0] * cov[1, 1] - cov[0, 1] ** 2
-            out[rest] = _neg_log_p_from(az, as_, cov, det, fit.gamma, quadrants)
-    out[pop] = fit.neg_log_p
+    r = int(round(float(min_distance_px))) // 2
+    if fill == "disk" and population == "local_maxima" and r >= 1:
+        sig = vals > 0
+        oy, ox = np.mgrid[-r : r + 1, -r : r + 1]
+        disk = oy**2 + ox**2 <= r * r
+        yy = (ys[sig, None] + oy[disk][None]).ravel()
+        xx = (xs[sig, None] + ox[disk][None]).ravel()
+        vv = np.repeat(vals[sig], int(disk.sum()))
+        inside = (yy >= 0) & (yy < z.shape[0]) & (xx >= 0) & (xx < z.shape[1])
+        yy, xx, vv = yy[inside], xx[inside], vv[inside]
+        keep = ok[yy, xx]
+        np.maximum.at(out, (yy[keep], xx[keep]), vv[keep])
+    out[ys, xs] = vals
     fit.neg_log_p = out
     fit.population = population
     fit.min_distance_px = float(min_distance_px) if population == "local_maxima" else None
@@ -324,7 +330,7 @@ def fit_neg_log_p_map(zscore_map, snr_map, population: str = "local_maxima",
 
 
 def neg_log_p_map(zscore_map, snr_map, population: str = "local_maxima",
-                  min_distance_px: float = 10, mask=None, fill: str = "interpolate",
+                  min_distance_px: float = 10, mask=None, fill: str = "disk",
                   quadrants: int = 1) -> np.ndarray:
     """``(ny, nx)`` float32 ``-ln p`` map; see :func:`fit_neg_log_p_map` (which also returns
     ``n_population``, the fit and the population mask)."""
