@@ -44,6 +44,10 @@ When it helps and when it does not (note section 1.4, simulated populations):
   threshold. It is a combination of two imperfect metrics, not a uniformly more powerful
   test. Use it on large images with rare targets and with a non-uniform background (where
   the z-score and SNR disagree on noise), and compare with the z-score.
+* Measured on simulated 1BD2 micrographs (320^2 at 3 A, 15 degree grid,
+  ``benchmarks/bench_pvalue.py``), each metric at one expected false positive: 2 particles
+  per image, recall -ln p 9/16 vs z-score 6/16 (SNR 16/16); 6 per image, 4/18 vs 9/18.
+  Pure noise: 1.06 candidates per image at ``t = ln(N_pop)`` (16 images, N_pop ~ 175).
 
 Nothing here imports Qt or napari; the Hits widget and the CLI call these functions.
 """
