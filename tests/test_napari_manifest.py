@@ -13,7 +13,7 @@ def test_manifest_loads_from_distribution_and_validates():
     manifest.validate_imports()  # every python_name resolves
     contrib = manifest.contributions
     assert {r.command for r in contrib.readers} == {"napari-2dtm.get_reader"}
-    assert {w.display_name for w in contrib.widgets} == {"2DTM Search", "2DTM Hits"}
+    assert {w.display_name for w in contrib.widgets} >= {"2DTM Search", "2DTM Hits", "2DTM Reconstruct"}
     assert {s.display_name for s in contrib.sample_data} == {"2DTM demo", "lamella demo"}
     assert contrib.writers[0].filename_extensions == [".star", ".csv"]
     assert contrib.menus
