@@ -17,6 +17,7 @@ _SUBCOMMAND_MODULES = [
     "napari_2dtm._cli_simulate",
     "napari_2dtm._cli_demo",
     "napari_2dtm._cli_reconstruct",
+    "napari_2dtm._cli_classify",
 ]
 
 
