@@ -60,10 +60,11 @@ def test_teaching_mode_shows_each_step_and_ends_with_the_normal_hits(viewer, qtb
     valid = widget.result.valid_mask
     for a, b in zip(seen, seen[1:]):
         assert np.all(b["mip"][valid] >= a["mip"][valid])
-    # beside the micrograph: the panels do not overlap it
-    mic_width = viewer.layers["2DTM demo"].extent.world[1][1]
+    # beside the micrograph: no panel overlaps it (world extents in Å, rows then columns)
+    (my0, mx0), (my1, mx1) = viewer.layers["2DTM demo"].extent.world[:, -2:]
     for key in ("cc", "mip", "projection"):
-        assert viewer.layers[LAYERS[key]].extent.world[0][1] > mic_width
+        (y0, x0), (y1, x1) = viewer.layers[LAYERS[key]].extent.world[:, -2:]
+        assert x0 > mx1 or y0 > my1, f"{key} panel overlaps the micrograph"
     # captions name the step, with live precision and recall from the ground truth
     assert "Orientation" in seen[0]["caption"] and "recall" in seen[0]["caption"]
     final_caption = viewer.text_overlay.text
