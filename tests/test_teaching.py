@@ -81,3 +81,23 @@ def test_match_truth_counts_one_to_one():
     assert (n, prec, rec) == (2, 0.5, 2 / 3)
     assert match_truth(hits.iloc[:0], truth, 5.0) == (0, 1.0, 0.0)
     assert match_truth(hits, truth.iloc[:0], 5.0) == (0, 0.0, 1.0)
+
+
+def test_cancel_stops_a_paced_run_promptly(demo):
+    import threading
+    import time
+
+    from napari_2dtm.errors import SearchCancelled
+
+    sim, config = demo
+    teacher = TeachingSearch(sim.image, sim.pixel_size_a, sim.templates[0], config,
+                             step_s=30.0, intro_s=30.0)
+    steps = teacher.steps()
+    assert next(steps).stage == "whiten"
+    threading.Timer(0.3, teacher.cancel).start()
+    t0 = time.perf_counter()
+    with pytest.raises(SearchCancelled):
+        for _ in steps:  # the 30 s pauses end at once: the search stops at its next batch
+            pass
+    assert time.perf_counter() - t0 < 5.0
+    assert teacher.result is None
