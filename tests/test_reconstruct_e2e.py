@@ -270,3 +270,23 @@ def test_cli_reconstruct_job_folder(searched, tmp_path, capsys):
     assert main(["reconstruct", "--results", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "not a napari-2dtm results folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_from_a_hits_star_and_a_model(searched, model, tmp_path, capsys):
+    """Hits STAR + micrograph + atomic model; the omit template by an atom selection."""
+    from napari_2dtm.cli import main
+
+    _, res, d = searched
+    path, _, _ = model
+    out = tmp_path / "job"
+    assert main(["reconstruct", "--hits", str(d / "results" / "hits.star"), "--micrograph",
+                 str(d / "mic.mrc"), "--template", str(path), "--omit-selection",
+                 "all but resname STR", "--box", str(BOX), "--no-refine", "--quiet",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    meta = json.loads((out / "reconstruct.json").read_text())
+    assert meta["n_hits"] == len(res.hits)
+    assert meta["omit_template"]["params"]["selection"] == "all but resname STR"
+    assert meta["template"]["params"]["center"] == "model"
+    parts = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    np.testing.assert_allclose(sorted(parts["rlnDefocusU"].unique()), [9000.0])

@@ -83,27 +83,37 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _template(args, first):
-    """The template (path or Template): --template, else the first search's template."""
-    from .template import load_template
+def _templates(args, first):
+    """``(template, omit template or None)``: --template (else the search's template from
+    search.json) and --omit-template / --omit-selection."""
+    from .template import load_template, template_suffix
 
-    kw = {}
-    if args.template is not None:
+    px = first.pixel_size_a
+    if args.template is None:
+        if args.selection or args.omit_selection:
+            raise InputError("--selection / --omit-selection need a model --template")
+        if first.result is None:
+            raise InputError("no --template given (a hits STAR records no template)")
+        from .inspect import template_for_result
+
+        template = template_for_result(first.result)
+    else:
+        kw = {}
+        is_model = template_suffix(args.template) in (".pdb", ".cif", ".mmcif", ".ent")
+        if (args.selection or args.omit_selection) and not is_model:
+            raise InputError(f"{args.template}: --selection / --omit-selection need an atomic model")
         if args.selection:
             kw["selection"] = args.selection
-        src = args.template
-    else:
-        meta = (first.result.metadata if first.result is not None else {}).get("template", {})
-        src = meta.get("source")
-        if not src or src == "array" or not Path(src).exists():
-            raise InputError("no --template given and the search's template file is unknown")
-        params = meta.get("params") or {}
-        for k in ("box", "bfactor_a2", "selection", "center"):
-            if params.get(k) is not None:
-                kw[k] = params[k]
-        if isinstance(kw.get("center"), list):
-            kw["center"] = tuple(kw["center"])
-    return load_template(src, pixel_size_a=first.pixel_size_a, **kw), src, kw
+        if args.omit_selection:
+            kw["center"] = "model"  # both templates on one grid, one origin
+        template = load_template(args.template, pixel_size_a=px, **kw)
+    omit = None
+    if args.omit_template is not None:
+        omit = args.omit_template
+    elif args.omit_selection:
+        omit = load_template(args.template, pixel_size_a=px, selection=args.omit_selection,
+                             center="model")
+    return template, omit
 
 
 def run(args) -> int:
@@ -113,7 +123,6 @@ def run(args) -> int:
         micrographs_from_star,
         run_job,
     )
-    from .template import load_template
 
     t0 = time.perf_counter()
     if bool(args.results) == bool(args.hits):
@@ -125,15 +134,7 @@ def run(args) -> int:
         mics = [micrograph_from_results(r, m) for r, m in zip(args.results, mics_given)]
     else:
         mics = micrographs_from_star(args.hits, args.micrograph, args.pixel_size)
-    template, src, kw = _template(args, mics[0])
-    omit = None
-    if args.omit_template is not None:
-        omit = args.omit_template
-    elif args.omit_selection:
-        kw_o = dict(kw)
-        kw_o["selection"] = args.omit_selection
-        kw_o.setdefault("center", "model")
-        omit = load_template(src, pixel_size_a=mics[0].pixel_size_a, **kw_o)
+    template, omit = _templates(args, mics[0])
     settings = JobSettings(
         box=args.box, refine=not args.no_refine, stages=tuple(args.stage) if args.stage else None,
         min_score=args.min_score, score_column=args.score, symmetry=args.symmetry, pad=args.pad,
