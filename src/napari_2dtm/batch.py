@@ -389,6 +389,10 @@ def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
     for d in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
         if d.is_dir() and (d / "search.json").is_file() and not d.name.startswith("."):
             add(d.name)
+        elif d.is_file() and d.name.endswith(".checkpoint.npz") and not d.name.startswith("."):
+            add(d.name[: -len(".checkpoint.npz")])
+        elif d.is_dir() and d.name.startswith(".") and d.name.endswith(".shards"):
+            add(d.name[1: -len(".shards")])
     for name in list(order) if names is None else list(names):
         add(name)
         res = out_dir / name
