@@ -153,7 +153,7 @@ def test_negative_control_one_state_is_not_split():
     snr, _ = _two_template_snrs(props=(1.0, 0.0), n=400, seed=4)
     for priors in (None, "uniform"):
         res = classify_scores(_snr_table(snr, "AB"), ["A", "B"], priors=priors)
-        assert res.counts(0.5)["A"] >= 0.95 * len(snr), (priors, res.counts(0.5), res.bic)
+        assert res.counts(0.5)["A"] >= 0.95 * len(snr), (priors, res.counts(0.5), res.selection)
         assert not res.present[1] and any("no evidence for B" in w for w in res.warnings)
 
 
