@@ -109,10 +109,16 @@ def test_refinement_converges_at_high_snr(model):
     assert ddf.max() <= 60, ddf
     assert (ref["refine_angle_deg"] > 1.5).all()
     # the stage list reaches cisTEM's refine_template precision
-    assert DEFAULT_STAGES[-2].angular_step_deg == 0.2 and DEFAULT_STAGES[-2].in_plane_step_deg == 0.1
+    assert min(st.angular_step_deg for st in DEFAULT_STAGES if st.angular_range_deg) == 0.2
+    assert min(st.in_plane_step_deg for st in DEFAULT_STAGES if st.in_plane_range_deg) == 0.1
     assert DEFAULT_STAGES[-1].defocus_step_a == 10.0
-    s = stages_from(2.5, 1.5)
-    assert s[-2].angular_step_deg == pytest.approx(0.2) and s[-2].in_plane_step_deg == pytest.approx(0.1)
+    assert max(st.defocus_range_a for st in DEFAULT_STAGES) == 200.0
+    assert stages_from(2.5, 1.5) == DEFAULT_STAGES
+    s = stages_from(4.0, 3.0, defocus_range_a=0)
+    assert s[-1].angular_step_deg == 0.2 and s[-1].in_plane_step_deg == 0.1
+    assert all(st.defocus_range_a == 0 for st in s)
+    print(f"\nhigh-SNR refinement: pose error median {np.median(err):.2f} max {err.max():.2f} deg, "
+          f"position max {pos.max():.2f} px, defocus max {ddf.max():.0f} A")
 
 
 def test_refined_scores_on_the_search_scale(searched, model):
