@@ -73,10 +73,17 @@ __all__ = [
     "read_classification",
     "ClassificationCancelled",
     "CONFIDENCE_LEVELS",
+    "CLASS_COLORS",
+    "draw_features",
+    "write_class_stars",
 ]
 
 #: Confidence levels reported for every classification (E1 Fig. 3).
 CONFIDENCE_LEVELS = (0.5, 0.95)
+
+#: Class colours (class k uses entry k modulo the length), shared by plots and layers.
+CLASS_COLORS = ("#ff9f1c", "#2ec4b6", "#e71d36", "#a06cd5", "#8ac926", "#1982c4")
+UNASSIGNED_COLOR = "#9a9a9a"
 
 _MODEL_SUFFIXES = (".pdb", ".cif", ".mmcif", ".ent")
 
@@ -934,6 +941,96 @@ def _write_star(hits: pd.DataFrame, path: Path, micrograph_name, pixel_size_a, c
         starfile.write(blocks, tmp, overwrite=True)
 
 
+def write_class_stars(res: ClassificationResult, folder, confidence: float | None = None,
+                      micrograph_name: str = "micrograph.mrc", pixel_size_a: float | None = None,
+                      ctf: dict | None = None, overwrite: bool = False) -> list[Path]:
+    """Write ``class_<k>_<name>.star`` (hits assigned to class k at ``confidence``) into
+    ``folder``; each file atomically, none replaced unless ``overwrite``. Returns paths."""
+    folder = Path(folder)
+    conf = res.confidence if confidence is None else float(confidence)
+    paths = [folder / f"class_{i + 1}_{nm}.star" for i, nm in enumerate(res.names)]
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise InputError(f"{p}: exists; refusing to overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    px = pixel_size_a or res.params.get("pixel_size_a")
+    ctf = ctf if ctf is not None else res.params.get("ctf")
+    for i, p in enumerate(paths):
+        _write_star(res.class_hits(i, conf), p, micrograph_name, px, ctf)
+    return paths
+
+
+def draw_features(ax, res: ClassificationResult, confidence: float | None = None,
+                  text_color: str | None = None) -> None:
+    """Draw the log2 ratios with the fitted Gaussians on a matplotlib axes.
+
+    One feature: histogram (density) of the hits, each class's ``prior * N(mean, SD)``
+    and their sum. Two or more: scatter of the first two features coloured by the most
+    probable class (grey below ``confidence``), with 1 and 2 SD ellipses per class.
+    """
+    conf = res.confidence if confidence is None else float(confidence)
+    x = res.features
+    ok = np.all(np.isfinite(x), axis=1)
+    ref = res.names[res.reference]
+    labels = [f"log2(SNR {ref} / SNR {nm})" for i, nm in enumerate(res.names) if i != res.reference]
+    a = res.assign(conf)
+    best = res.assign(0.0)
+    colors = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(res.names))]
+    if x.shape[1] == 1:
+        v = x[ok, 0]
+        lo, hi = (float(v.min()), float(v.max())) if v.size else (-0.5, 0.5)
+        pad = 0.15 * max(hi - lo, 0.1)
+        bins = np.histogram_bin_edges(v, bins="auto", range=(lo - pad, hi + pad)) if v.size else 20
+        ax.hist(v, bins=bins, density=True, color="#8d99ae", alpha=0.55, label=f"{len(v)} hits")
+        grid = np.linspace(lo - pad, hi + pad, 400)
+        total = np.zeros_like(grid)
+        for i, nm in enumerate(res.names):
+            if not res.present[i]:
+                continue
+            sd = math.sqrt(res.covariances[i, 0, 0])
+            y = res.priors[i] * np.exp(-0.5 * ((grid - res.means[i, 0]) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+            total += y
+            ax.plot(grid, y, color=colors[i], lw=2,
+                    label=f"{nm}: {res.means[i, 0]:+.3f} ± {sd:.3f} ({(a == i).sum()})")
+        ax.plot(grid, total, color="#f1faee" if text_color else "black", lw=1, ls="--", label="mixture")
+        ax.axvline(0.0, color="gray", lw=0.8, ls=":")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel("density")
+    else:
+        i0, i1 = 0, 1
+        pt_colors = np.array([colors[b] if (b >= 0 and a[j] >= 0) else UNASSIGNED_COLOR
+                              for j, b in enumerate(best)])
+        ax.scatter(x[ok, i0], x[ok, i1], s=10, c=pt_colors[ok], alpha=0.8, linewidths=0)
+        t = np.linspace(0, 2 * math.pi, 200)
+        circle = np.stack([np.cos(t), np.sin(t)])
+        for i, nm in enumerate(res.names):
+            if not res.present[i]:
+                continue
+            cov = res.covariances[i][np.ix_([i0, i1], [i0, i1])]
+            w, vecs = np.linalg.eigh(cov)
+            for k, ls in ((1, "-"), (2, "--")):
+                e = vecs @ (k * np.sqrt(np.maximum(w, 0))[:, None] * circle)
+                ax.plot(res.means[i, i0] + e[0], res.means[i, i1] + e[1], color=colors[i], lw=1.5,
+                        ls=ls, label=f"{nm} ({(a == i).sum()})" if k == 1 else None)
+        ax.axhline(0.0, color="gray", lw=0.8, ls=":")
+        ax.axvline(0.0, color="gray", lw=0.8, ls=":")
+        ax.set_xlabel(labels[i0])
+        ax.set_ylabel(labels[i1])
+    ax.set_title(f"classes at {100 * conf:g} % confidence", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _save_plot(res: ClassificationResult, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(5, 3.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_features(fig.add_subplot(111), res)
+    fig.savefig(path)
+
+
 def write_classification(
     res: ClassificationResult,
     out_dir,
@@ -949,6 +1046,7 @@ def write_classification(
                                   50 % and 95 %, AIC/BIC per class subset, warnings
         all_hits.star             every hit with rlnClassNumber (0 = unassigned)
         class_<k>_<name>.star     hits assigned to class k at the chosen confidence
+        features.png              the log2 ratios with the fitted Gaussians
 
     An existing folder is replaced only with ``overwrite=True``.
     """
@@ -992,6 +1090,8 @@ def write_classification(
             "files": files,
             "versions": _versions(),
         }
+        _save_plot(res, tmp / "features.png")
+        files["plot"] = "features.png"
         (tmp / "classification.json").write_text(
             json.dumps(meta, indent=2, default=_json_default, allow_nan=True) + "\n")
         replace_dir(tmp, out_dir)
