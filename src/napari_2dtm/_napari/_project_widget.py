@@ -89,7 +89,8 @@ class HitsPerImagePlot:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(4, 2.2), dpi=90, layout="constrained")
+        # dark, as napari's default theme and the Hits widget's plots
+        self.figure = Figure(figsize=(4, 2.2), dpi=90, layout="constrained", facecolor="#262930")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(170)
         self.ax = self.figure.add_subplot(111)
@@ -112,14 +113,19 @@ class HitsPerImagePlot:
         if failed.size:
             ax.plot(failed, np.zeros(failed.size), "x", color=STATUS_COLOR["failed"],
                     markersize=7, mew=2, label="failed")
-            ax.legend(loc="upper right", fontsize=7, frameon=False)
+            ax.legend(loc="upper right", fontsize=7, frameon=False, labelcolor="#d0d4dc")
         ax.set_ylabel("hits", fontsize=8)
         ax.set_title("hits per micrograph", fontsize=9)
         if n <= 24:
             ax.set_xticks(x, [str(s) for s in table["name"]], rotation=60, ha="right", fontsize=6)
         else:
             ax.set_xlabel("micrograph", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_facecolor("#1f2026")
+        for sp in ax.spines.values():
+            sp.set_color("#8a8f99")
+        ax.tick_params(labelsize=7, colors="#d0d4dc")
+        for t in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            t.set_color("#d0d4dc")
         ax.set_xlim(-0.6, max(n, 1) - 0.4)
         self.canvas.draw_idle()
 
