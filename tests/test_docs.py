@@ -62,12 +62,16 @@ def test_snippets_run(page, tmp_path, monkeypatch):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                MPLBACKEND="Agg")
     namespace = {"__name__": "__tutorial__"}
+    # shell variables carry over between a page's bash blocks, as in one terminal
+    shell_state = tmp_path.parent / f"{tmp_path.name}.bash_state"
     for lang, code, line, _ in runnable:
         where = f"{page.relative_to(ROOT)}:{line}"
         if lang == "python":
             exec(compile(code, where, "exec"), namespace)  # noqa: S102 (the docs' own code)
         else:
-            r = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env,
+            script = (f"set -a\n[ -f '{shell_state}' ] && source '{shell_state}'\n{code}\n"
+                      f"export -p > '{shell_state}'\n")
+            r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
                                capture_output=True, text=True, timeout=300)
             assert r.returncode == 0, f"{where}: exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
 
