@@ -19,7 +19,7 @@ from scipy.special import erfc
 
 from _review_data import copy_results, demo_results, noise_results
 from napari_2dtm._napari._hits_views import STATUS_RGBA
-from napari_2dtm.review import REVIEW_DIR
+from napari_2dtm.review import REVIEW_DIR, pvalue_available
 
 DOCK = "2DTM Hits (napari-2dtm)"
 RELION_COLUMNS = {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAngleRot",
@@ -225,3 +225,41 @@ def test_threshold_follows_within_100_ms_on_10000_candidates(viewer, qtbot):
     print(f"Hits widget threshold on 10,000 candidates: median {np.median(times):.1f} ms, "
           f"max {max(times):.1f} ms (points shown, table, label, histogram line)")
     assert np.median(times) < 100, times
+
+
+def test_a_finished_search_docks_the_review_with_a_streamed_neg_log_p_layer(
+        viewer, qtbot, tmp_path):
+    viewer.open_sample("napari-2dtm", "demo")
+    _, search = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Search")
+    search.output_dir.setText(str(tmp_path / "results"))
+    with qtbot.waitSignal(search.search_finished, timeout=300_000) as done:
+        search.run()
+    assert done.args == ["done"], search.status.text()
+    # docked right after (deferred: the search's "done" is painted first)
+    qtbot.waitUntil(lambda: DOCK in viewer.window.dock_widgets
+                    and viewer.window.dock_widgets[DOCK].review is not None, timeout=20_000)
+    widget = viewer.window.dock_widgets[DOCK]
+    assert widget.review.folder == tmp_path / "results"
+    result = search.result
+    assert int(widget.layer.shown.sum()) == len(result.hits)
+    # the inspection found the search's template among the layers (it was an array)
+    hit = int(widget.model.rows[0])
+    widget.select_hit(hit)
+    assert widget.inspection.last is not None, widget.inspection.numbers.text()
+    assert widget.inspection.last.cc == pytest.approx(widget.review.table.mip[hit], rel=0.02)
+    if pvalue_available():
+        name = "-ln p [2DTM demo]"
+        qtbot.waitUntil(lambda: name in viewer.layers and search._live_p._pending is None
+                        and not search._live_p._busy, timeout=30_000)
+        assert search._live_p.n_shown >= 2  # streamed during the search, then the final maps
+        from napari_2dtm.pvalue import neg_log_p_map
+
+        final = neg_log_p_map(result.maps["zscore"], result.maps["snr"],
+                              mask=result.maps["zscore"] != 0)
+        np.testing.assert_allclose(viewer.layers[name].data, final, rtol=1e-5, atol=1e-5)
+    # the new layers made the Search widget schedule a run-time estimate: let it finish
+    # before the viewer closes (its result would reach a deleted label)
+    qtbot.waitUntil(lambda: not search._estimate_timer.isActive() and (
+        search._estimate_worker is None or not search._estimate_worker.is_running),
+        timeout=60_000)
+    qtbot.wait(200)

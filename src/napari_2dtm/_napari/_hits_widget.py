@@ -844,6 +844,36 @@ def review_hits(viewer, hits_layer_name: str, result=None, folder=None, template
     return widget
 
 
+def review_when_finished(search_widget, hits_layer_name: str, result, folder) -> None:
+    """Dock the Hits widget on a search's results once its ``search_finished`` has fired.
+
+    Deferred by a tenth of a second, so that the search's "done" state is painted
+    before the review's one-off set-up (first matplotlib import, layers, histogram:
+    about a second) runs; nothing happens if the viewer was closed meanwhile. A failure is
+    appended to the Search widget's status line (the search itself succeeded).
+    """
+    viewer = search_widget.viewer
+
+    def _dock():
+        if hits_layer_name not in viewer.layers:
+            return
+        try:
+            review_hits(viewer, hits_layer_name, result=result, folder=folder)
+        except Exception as e:
+            try:
+                search_widget._set_status(
+                    f"{search_widget.status.text()} (review not opened: {one_line(e)})", error=True)
+            except RuntimeError:
+                pass
+
+    def _on_finished(state):
+        search_widget.search_finished.disconnect(_on_finished)
+        if state == "done":
+            QTimer.singleShot(100, _dock)
+
+    search_widget.search_finished.connect(_on_finished)
+
+
 def dock_after_open(folder, hits_layer_name: str) -> None:
     """Once napari has added a results folder's layers, dock the Hits widget on them.
 
@@ -922,8 +952,11 @@ class LiveNegLogP:
     def _returned(self, nlp, px):
         self._cost = time.perf_counter() - self._last
         if nlp is not None:
+            try:
+                self.show(nlp, px)
+            except RuntimeError:  # the viewer or widget was closed meanwhile
+                return
             self.n_shown += 1
-            self.show(nlp, px)
 
     def _finished(self):
         self._busy = False

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._jobs import estimate_job, one_line, search_job
-from ._layers import full_limits, map_layer, result_layers
+from ._layers import full_limits, hits_layer_name, map_layer, result_layers
 
 if TYPE_CHECKING:
     import napari
@@ -486,8 +486,11 @@ class SearchWidget(QWidget):
     def _show_estimate(self, gen, text):
         if gen != self._estimate_generation:
             return  # a newer estimate is on its way
-        self.estimate_label.setText(f"Estimate: {text}")
-        self.estimate_ready.emit(text)
+        try:
+            self.estimate_label.setText(f"Estimate: {text}")
+            self.estimate_ready.emit(text)
+        except RuntimeError:  # the widget was closed while the estimate ran
+            pass
 
     def _show_device(self, *_):
         from .. import gpu_info
@@ -623,6 +626,9 @@ class SearchWidget(QWidget):
                 self._show_map(key, zeros, value.pixel_size_a)
             self.progress.setFormat(f"0% · {value.n_orientations:,} orientations")
             self._set_status(f"Searching on {value.backend.name}…")
+            from ._hits_widget import LiveNegLogP  # -ln p from the partial maps, throttled
+
+            self._live_p = LiveNegLogP(lambda m, px: self._show_map("neg_log_p", m, px))
             return
         if kind == "teach":  # teaching mode: its layers, then the usual progress display
             self._teaching_view.show(value)
@@ -632,6 +638,8 @@ class SearchWidget(QWidget):
         p = value
         for key in LIVE_MAPS:
             self._show_map(key, getattr(p, key), p.pixel_size_a)
+        if getattr(self, "_live_p", None) is not None:
+            self._live_p.update(p)
         self.n_updates += 1
         self.progress.setValue(int(round(1000 * p.fraction)))
         self.progress.setFormat(
@@ -681,6 +689,9 @@ class SearchWidget(QWidget):
             f"{n} hits above the threshold {result.threshold:.2f}; saved to {folder}"
         )
         self._finished_state = "done"
+        from ._hits_widget import review_when_finished  # docks the Hits widget afterwards
+
+        review_when_finished(self, hits_layer_name(self._mic_name), result, folder)
 
     def _on_errored(self, exc):
         from ..errors import SearchCancelled
