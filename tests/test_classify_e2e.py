@@ -22,75 +22,38 @@ import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
 
-from _planting import structure_file
-from napari_2dtm import CTFParams, SearchConfig, extract_hits, search, write_results
+from _classify_sim import (
+    CTF,
+    GRID,
+    NAMES,
+    PX,
+    _start_hits,
+    _truth_at_model_origin,
+    make_models,
+    make_templates,
+)
+from napari_2dtm import SearchConfig, extract_hits, search, write_results
 from napari_2dtm.classify import (
     check_templates,
     classify_scores,
-    load_template_set,
     read_classification,
     score_hits,
 )
 from napari_2dtm.cli import main
-from napari_2dtm.geometry import euler_to_matrix, matrix_to_euler
+from napari_2dtm.geometry import matrix_to_euler
 from napari_2dtm.io import write_mrc
 from napari_2dtm.results import read_hits
 from napari_2dtm.simulate import simulate_micrograph
 
-PX = 3.0  # A/px: b2m's 12 kDa is a low-resolution difference
-CTF = CTFParams(defocus1_a=10000.0)
-STEP = 1.5  # deg, the local grid's angular step
-NAMES = ["full", "no_b2m"]
-GRID = dict(angular_step_deg=STEP, shift_px=1, defocus_range_a=100.0, defocus_step_a=100.0)
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    import gemmi
-
-    full = structure_file("1BD2.pdb.gz")
-    st = gemmi.read_structure(str(full))
-    st[0].remove_chain("B")
-    no_b = tmp_path_factory.mktemp("models") / "1BD2_no_b2m.pdb"
-    st.write_pdb(str(no_b))
-    return full, no_b
+    return make_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
 def templates(models):
-    full, _ = models
-    return load_template_set([full, full], PX, names=NAMES, selections=[None, "not chain B"])
-
-
-def _truth_at_model_origin(sim, ts) -> pd.DataFrame:
-    """Truth positions of the shared model origin (the simulator centres each class on
-    its own centre of mass: atom r lands at A (r - c_k) + position)."""
-    origin = np.asarray(ts.templates[0].params["center_a"])
-    t = sim.truth.copy()
-    xs, ys = [], []
-    for _, r in t.iterrows():
-        c_k = np.asarray(sim.templates[int(r["class"])].params["center_a"])
-        d = euler_to_matrix(r.phi, r.theta, r.psi) @ (origin - c_k) / PX
-        xs.append(r.x + d[0])
-        ys.append(r.y + d[1])
-    t["x_true"], t["y_true"] = xs, ys
-    t["true_name"] = np.where(t["class_name"] == "1BD2", NAMES[0], NAMES[1])
-    return t
-
-
-def _start_hits(truth: pd.DataFrame, rng) -> pd.DataFrame:
-    """True poses perturbed by one grid step; positions rounded to whole pixels."""
-    rows = []
-    for _, r in truth.iterrows():
-        axis = rng.normal(size=3)
-        axis /= np.linalg.norm(axis)
-        tilt = Rotation.from_rotvec(np.radians(STEP) * axis).as_matrix()
-        phi, theta, psi = matrix_to_euler(tilt @ euler_to_matrix(r.phi, r.theta, r.psi))
-        rows.append(dict(x=float(np.round(r.x_true + rng.uniform(-0.5, 0.5))),
-                         y=float(np.round(r.y_true + rng.uniform(-0.5, 0.5))),
-                         phi=phi, theta=theta, psi=psi, defocus_a=CTF.defocus_mean_a,
-                         x_true=r.x_true, y_true=r.y_true, true_name=r.true_name))
-    return pd.DataFrame(rows)
+    return make_templates(models[0])
 
 
 def _scored(ts, structures, fractions, seed, n=70, shape=(768, 768), snr=0.09):

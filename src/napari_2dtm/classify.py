@@ -19,11 +19,13 @@ Choices made here (see ``docs/classification.md``):
   k starts as the state of template k and the labels need no matching afterwards; the
   start, and hence the fit, is unchanged by the choice of reference template.
 * States the data do not support are dropped: mixtures on every non-empty subset of the
-  states are fitted; among those in which every class's mean favours its own template
-  (a state is recognised by its own template fitting best) the lowest AIC wins. Without
-  this a sample of one state is split in two and part of it "assigned" to an absent
-  state. (AIC rather than BIC: with the consistency rule guarding against splits, BIC's
-  larger penalty mostly costs real classes in samples of 40-100 hits; simulated.)
+  states are fitted; among those in which every class's mean clearly favours its own
+  template (by >= 2 standard errors: a state is recognised by its own template fitting
+  best) the lowest AIC wins. Without this a sample of one state is split in two and part
+  of it "assigned" to an absent state; and a single class centred between two
+  populations does not pass for one state. (AIC rather than BIC: with the consistency
+  rule guarding against splits, BIC's larger penalty mostly costs real classes in
+  samples of 40-100 hits; simulated.)
 * Component standard deviations are floored (``sd_floor``, default 0.01 in log2 units,
   i.e. a 0.7 % SNR ratio; real classes are 5-20x wider) so that no component collapses
   onto a couple of hits.
@@ -632,6 +634,35 @@ def _relative_log_snr(x: np.ndarray, reference: int, k: int) -> np.ndarray:
     return rel
 
 
+def _class_margins(fit: MixtureFit, classes, reference: int, k: int, n: int) -> np.ndarray:
+    """Per component: how clearly its mean favours its own template, in standard errors.
+
+    For component c and every other template j, the contrast ``log2 SNR_c - log2 SNR_j``
+    at the mean (a linear function of the features, whatever the reference) over its
+    standard error ``sqrt(a' Sigma_c a / n_c)``, ``n_c = weight_c * n``; the smallest over
+    j. A state is recognised by its own template fitting best, so a class whose mean does
+    not clearly do so (margin below ~2) describes noise or half of another population.
+    """
+    others = [j for j in range(k) if j != reference]
+    out = np.empty(len(classes))
+    for i, c in enumerate(classes):
+        n_c = max(float(fit.weights[i]) * n, 1.0)
+        worst = np.inf
+        for j in range(k):
+            if j == c:
+                continue
+            a = np.zeros(k - 1)  # l_t = -x_t for t != reference, l_reference = 0
+            if c != reference:
+                a[others.index(c)] -= 1.0
+            if j != reference:
+                a[others.index(j)] += 1.0
+            contrast = float(a @ fit.means[i])
+            se = math.sqrt(max(float(a @ fit.covariances[i] @ a), 1e-300) / n_c)
+            worst = min(worst, contrast / se)
+        out[i] = worst
+    return out
+
+
 def _initial_state(x, reference, k, classes, reg, floor_var):
     """Means, shared covariance and weights from the "highest SNR wins" assignment,
     restricted to the states in ``classes``. Invariant to the choice of reference (the
@@ -700,7 +731,8 @@ class ClassificationResult:
     priors_fixed: True when the priors were given.
     confidence: the assignment confidence of ``hits['class']``.
     selection: per subset of classes tried (``"A+B"``): its ``aic``, ``bic``,
-        ``log_likelihood`` and ``consistent`` (every class mean favours its own template).
+        ``log_likelihood``, ``margin_se`` (per class: how many standard errors its mean
+        favours its own template by) and ``consistent`` (all margins >= ``min_margin_se``).
     """
 
     hits: pd.DataFrame
@@ -765,6 +797,7 @@ def classify_scores(
     confidence: float = 0.5,
     select_classes: bool = True,
     sd_floor: float = 0.01,
+    min_margin_se: float = 2.0,
     max_iter: int = 1000,
     tol: float = 1e-9,
 ) -> ClassificationResult:
@@ -774,7 +807,8 @@ def classify_scores(
     "learn" (learned), "uniform", or K numbers (fixed, normalised); confidence: posterior
     needed for an assignment (0.5-1); select_classes: drop states the data do not
     support: among the mixtures on every non-empty subset of states in which each
-    class's mean favours its own template, the lowest AIC wins; sd_floor: least class SD
+    class's mean favours its own template by at least ``min_margin_se`` standard errors
+    (:func:`_class_margins`), the lowest AIC wins; sd_floor: least class SD
     in log2 units.
     """
     names = [_safe_name(n) for n in names]
@@ -808,6 +842,7 @@ def classify_scores(
         candidates = [c for c in candidates if all(fixed[i] > 0 for i in c)] or [
             tuple(i for i in range(k) if fixed[i] > 0)]
     fits, selection = {}, {}
+    full = tuple(range(k))
     for cls in candidates:
         m0, c0, w0 = _initial_state(xv, ref, k, list(cls), reg, floor_var)
         pri = None if (fixed is None or len(cls) == 1) else fixed[list(cls)]
@@ -817,18 +852,18 @@ def classify_scores(
         if len(cls) == 1:
             fit.weights_fixed = True  # one class: no prior to learn
         fits[cls] = fit
-        # Each state is recognised by its own template fitting best: a model in which a
-        # class's mean favours another template has split one population in two.
-        consistent = len(cls) == 1 or all(
-            int(np.argmax(_relative_log_snr(fit.means[j][None], ref, k)[0])) == c
-            for j, c in enumerate(cls))
+        margins = _class_margins(fit, cls, ref, k, len(xv))
         selection["+".join(names[i] for i in cls)] = {
-            "aic": fit.aic(), "bic": fit.bic(len(xv)), "consistent": bool(consistent),
+            "aic": fit.aic(), "bic": fit.bic(len(xv)),
+            "margin_se": [float(m) for m in margins],
+            "consistent": bool(np.all(margins >= min_margin_se)),
             "log_likelihood": fit.log_likelihood}
-    full = tuple(range(k))
     if select_classes:
         ok_models = [c for c in fits if selection["+".join(names[i] for i in c)]["consistent"]]
-        best = min(ok_models or list(fits), key=lambda c: fits[c].aic())
+        if not ok_models:
+            warn.append("no set of classes is clearly supported (every fit has a class whose "
+                        "mean does not favour its own template); all classes kept")
+        best = min(ok_models, key=lambda c: fits[c].aic()) if ok_models else full
     else:
         best = full if full in fits else max(fits, key=len)
     fit = fits[best]
@@ -869,6 +904,7 @@ def classify_scores(
         converged=fit.converged, warnings=warn,
         params={"priors": None if fixed is None else [float(v) for v in fixed],
                 "select_classes": bool(select_classes), "sd_floor": float(sd_floor),
+                "min_margin_se": float(min_margin_se),
                 "confidence": float(confidence), "reference": names[ref], "templates": names},
     )
     _set_class_columns(res)

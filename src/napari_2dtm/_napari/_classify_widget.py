@@ -438,7 +438,7 @@ class ClassifyWidget(QWidget):
 
         out = []
         for ly in self.viewer.layers:
-            if isinstance(ly, Points) and ly is not self.classes_layer:
+            if isinstance(ly, Points) and ly.metadata.get("napari_2dtm", {}).get("kind") != "classes":
                 cols = set(pd.DataFrame(ly.features).columns)
                 if {"x", "y", "phi", "theta", "psi"} <= cols:
                     out.append(ly)
@@ -651,7 +651,7 @@ class ClassifyWidget(QWidget):
             return
         conf = float(self.confidence.value())
         layer = self.classes_layer
-        if layer is not None and layer in self.viewer.layers:
+        if layer is not None and layer.name in self.viewer.layers:
             post = res.hits["posterior"].to_numpy(float)
             layer.shown = np.nan_to_num(post, nan=-1.0) >= conf - 1e-12
             a = res.assign(conf)
