@@ -500,12 +500,16 @@ class ReconstructWidget(QWidget):
             )
             if i == 0:
                 self.map_layer = layer
+        self.viewer.layers.selection.active = self.map_layer
         if self.show_3d.isChecked():
             for ly in self.viewer.layers:
                 if ly.ndim < 3:
                     ly.visible = False
             self.viewer.dims.ndisplay = 3
-            self.viewer.reset_view()
+            try:  # fit the map, not the (hidden) micrograph around it
+                self.viewer.reset_view(layers=[self.map_layer])
+            except TypeError:  # napari < 0.7: no layers argument
+                self.viewer.reset_view()
         self._dock_fsc(res)
 
     def _dock_fsc(self, res):
