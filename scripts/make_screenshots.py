@@ -5,7 +5,10 @@
 Opens napari with the "2DTM demo" sample and the Search widget docked, runs the
 demo search, and saves the whole window half-way through the search
 (``docs/images/search_live.png``) and when it is done (``search_done.png``); then the
-same search in teaching mode (``teaching_mode.png``).
+same search in teaching mode (``teaching_mode.png``); then a small batch reviewed in the
+2DTM Project panel (``project_panel.png``; ``--only project`` makes just that one); then a
+reconstruction job in the 2DTM Reconstruct widget (``reconstruction.png``; ``--only
+reconstruction``).
 Without a display it re-runs itself under ``xvfb-run``.
 """
 
@@ -36,6 +39,9 @@ def main() -> int:
     if sys.argv[1:] == ["--only", "reconstruction"]:
         with tempfile.TemporaryDirectory() as tmp:
             return reconstruction_screenshot(IMAGES / "reconstruction.png", Path(tmp))
+    if sys.argv[1:] == ["--only", "project"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp))
     with tempfile.TemporaryDirectory() as tmp:
         code = launch(
             Path(tmp) / "results",
@@ -44,6 +50,7 @@ def main() -> int:
             quit_when_done=True,
         )
         code = code or teaching_screenshot(IMAGES / "teaching_mode.png", Path(tmp) / "teaching")
+        code = code or project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp) / "project")
         return code or reconstruction_screenshot(IMAGES / "reconstruction.png",
                                                  Path(tmp) / "reconstruction")
 
@@ -77,6 +84,89 @@ def teaching_screenshot(png: Path, out_dir: Path) -> int:
     widget.progress_shown.connect(on_progress)
     widget.search_finished.connect(on_finished)
     QTimer.singleShot(500, widget.run)
+    napari.run()
+    return state["code"]
+
+
+def project_panel_screenshot(png: Path, work_dir: Path) -> int:
+    """A small batch (6 simulated micrographs, one corrupt, one interrupted) searched with
+    ``run_batch``, reviewed in the 2DTM Project panel with one micrograph open."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    from napari_2dtm import CTFParams, Search, SearchConfig
+    from napari_2dtm._napari._demo import _new_viewer
+    from napari_2dtm.batch import find_micrographs, run_batch
+    from napari_2dtm.checkpoint import checkpoint_path_for
+    from napari_2dtm.io import write_mrc
+    from napari_2dtm.model import template_from_model
+    from napari_2dtm.simulate import simulate_micrograph
+
+    model = ROOT / "src" / "napari_2dtm" / "data" / "1BD2.pdb.gz"
+    px = 3.0
+    mics = work_dir / "mics"
+    mics.mkdir(parents=True)
+    tpl = template_from_model(model, px)
+    config = SearchConfig(out_of_plane_step_deg=15, in_plane_step_deg=15, device="cpu")
+    for k, n in enumerate((4, 7, 2, 5, 6)):
+        ctf = CTFParams(defocus1_a=9000.0 + 700 * k)
+        sim = simulate_micrograph(model, n, shape=(288, 288), pixel_size_a=px, ctf=ctf,
+                                  snr=0.4, seed=20 + k)
+        write_mrc(mics / f"lamella1_{k + 1:03d}.mrc", sim.image, px)
+        (mics / f"lamella1_{k + 1:03d}_ctf.txt").write_text(
+            f"# Pixel size: {px} Angstroms ; acceleration voltage: 300.0 keV ; spherical "
+            "aberration: 2.70 mm ; amplitude contrast: 0.07\n"
+            f"1.0 {ctf.defocus1_a} {ctf.defocus2_a} 0.0 0.0 0.1 6.0\n")
+    (mics / "lamella1_006.mrc").write_bytes(b"interrupted transfer")
+    out = work_dir / "batch"
+    from napari_2dtm.batch import CTFSource
+
+    run_batch(find_micrographs([mics]), out, tpl, config, ctf=CTFSource(ctffind_dir=mics))
+    sim = simulate_micrograph(model, 3, shape=(288, 288), pixel_size_a=px, snr=0.4, seed=30)
+    write_mrc(mics / "lamella1_007.mrc", sim.image, px)
+    s = Search(sim.image, px, tpl, config, checkpoint=checkpoint_path_for(out / "lamella1_007"),
+               micrograph_path=mics / "lamella1_007.mrc")
+    s.save_checkpoint()  # shows as interrupted
+
+    viewer = _new_viewer("napari-2dtm project")
+    _, panel = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Project")
+    panel.set_folder(out)
+    panel.next_image()
+    panel.next_image()
+    state = {"code": 1}
+
+    def dock_of(w):
+        from qtpy.QtWidgets import QDockWidget
+
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parent()
+        return w
+
+    def layout_docks():
+        # The Hits widget (docked on the opened hits) as a tab behind the panel, so the
+        # panel has the whole column; the opened micrograph's hits shown, not the review's
+        # candidates.
+        hits = [w for k, w in viewer.window.dock_widgets.items() if "2DTM Hits" in k]
+        docks = [dock_of(panel)] + [dock_of(w) for w in hits]
+        if all(docks) and len(docks) == 2:
+            viewer.window._qt_window.tabifyDockWidget(docks[0], docks[1])
+            docks[0].raise_()
+        for layer in viewer.layers:
+            if layer.name.startswith("hits review ["):
+                layer.visible = False
+            elif layer.name.startswith("hits ["):
+                layer.visible = True
+
+    def shoot():
+        layout_docks()
+        viewer.reset_view()
+        viewer.screenshot(str(png), canvas_only=False)
+        print(f"screenshot (project panel): {png}")
+        state["code"] = 0
+        QTimer.singleShot(200, viewer.close)
+
+    QTimer.singleShot(300, layout_docks)
+    QTimer.singleShot(3000, shoot)
     napari.run()
     return state["code"]
 
