@@ -11,12 +11,14 @@ Public API (the napari widgets and the CLI use exactly this)::
 __version__ = "0.1.0"
 
 from .backend import gpu_info
+from .bias import template_bias
 from .checkpoint import SearchPartial, load_partial, merge_partials, save_partial, shard_ranges
 from .ctf import CTFParams, read_ctffind
 from .detect import expected_false_positives, extract_hits, false_alarm_threshold, find_peaks
 from .engine import Search, SearchConfig, SearchProgress, SearchResult, search
 from .errors import GPUUnavailableError, InputError, SearchCancelled
 from .io import read_map, read_micrograph, write_mrc
+from .particles import ParticleSet, extract_particles, read_particles, write_particles
 from .pvalue import (
     PValueFit,
     add_neg_log_p,
@@ -25,6 +27,8 @@ from .pvalue import (
     neg_log_p_map,
     pvalue_threshold,
 )
+from .reconstruct import Reconstruction, reconstruct
+from .refine import refine_hits
 from .results import read_results, write_results
 from .template import Template, load_template
 
@@ -37,4 +41,6 @@ __all__ = [
     "neg_log_p", "neg_log_p_map", "add_neg_log_p", "pvalue_threshold",
     "expected_false_positives_pvalue", "PValueFit",
     "SearchPartial", "merge_partials", "load_partial", "save_partial", "shard_ranges",
+    "refine_hits", "extract_particles", "write_particles", "read_particles", "ParticleSet",
+    "reconstruct", "Reconstruction", "template_bias",
 ]
