@@ -539,6 +539,7 @@ class Search:
                 # Snapshots of large maps cost ~1 s: keep them under ~10% of the time.
                 snap_wait = max(cfg.progress_interval_s, 10.0 * (t_last - now))
                 yield snap
+        self._prod_buf = None  # a few full-frame spectra: not needed for the maps
         if self.checkpoint_path is not None and done > done_at_ckpt:
             t0 = time.perf_counter()
             self.save_checkpoint()

@@ -20,6 +20,7 @@ batch can be followed.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,9 +67,10 @@ def class_counts(batch_dir, name: str) -> dict | None:
     the counts at the job's confidence level, without the unassigned ones.
     """
     batch_dir = Path(batch_dir)
+    esc = glob.escape(name)
     cands = [*sorted((batch_dir / name).glob("classification*/classification.json")),
-             *sorted(batch_dir.glob(f"{name}.classification*/classification.json")),
-             *sorted(batch_dir.glob(f"classification*/{name}/classification.json"))]
+             *sorted(batch_dir.glob(f"{esc}.classification*/classification.json")),
+             *sorted(batch_dir.glob(f"classification*/{esc}/classification.json"))]
     for p in cands:
         try:
             meta = json.loads(p.read_text())
