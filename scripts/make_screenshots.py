@@ -8,7 +8,8 @@ demo search, and saves the whole window half-way through the search
 same search in teaching mode (``teaching_mode.png``); then a small batch reviewed in the
 2DTM Project panel (``project_panel.png``; ``--only project`` makes just that one); then a
 reconstruction job in the 2DTM Reconstruct widget (``reconstruction.png``; ``--only
-reconstruction``).
+reconstruction``); then the demo's results reviewed in the 2DTM Hits widget
+(``hits_review.png``; ``--only hits``).
 Without a display it re-runs itself under ``xvfb-run``.
 """
 
@@ -39,6 +40,12 @@ def main() -> int:
     if sys.argv[1:] == ["--only", "reconstruction"]:
         with tempfile.TemporaryDirectory() as tmp:
             return reconstruction_screenshot(IMAGES / "reconstruction.png", Path(tmp))
+    if sys.argv[1:] == ["--only", "hits"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return hits_review_screenshot(IMAGES / "hits_review.png", Path(tmp))
+    if sys.argv[1:] == ["--only", "classification"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return classification_screenshot(IMAGES / "classification.png", Path(tmp))
     if sys.argv[1:] == ["--only", "project"]:
         with tempfile.TemporaryDirectory() as tmp:
             return project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp))
@@ -51,8 +58,9 @@ def main() -> int:
         )
         code = code or teaching_screenshot(IMAGES / "teaching_mode.png", Path(tmp) / "teaching")
         code = code or project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp) / "project")
-        return code or reconstruction_screenshot(IMAGES / "reconstruction.png",
+        code = code or reconstruction_screenshot(IMAGES / "reconstruction.png",
                                                  Path(tmp) / "reconstruction")
+        return code or hits_review_screenshot(IMAGES / "hits_review.png", Path(tmp) / "hits")
 
 
 def teaching_screenshot(png: Path, out_dir: Path) -> int:
@@ -230,6 +238,148 @@ def reconstruction_screenshot(png: Path, work_dir: Path) -> int:
 
     def on_finished(outcome):
         print(f"reconstruction {outcome}: {widget.status.text()}")
+        if outcome == "done":
+            QTimer.singleShot(800, shoot)
+        else:
+            QTimer.singleShot(200, viewer.close)
+
+    widget.job_finished.connect(on_finished)
+    QTimer.singleShot(500, widget.run)
+    napari.run()
+    return state["code"]
+
+
+def hits_review_screenshot(png: Path, work_dir: Path) -> int:
+    """The demo search's results folder opened in napari: the 2DTM Hits widget docks
+    with the threshold, histogram, table and inspection panel; a few hits accepted
+    (green) and one rejected (red), the next one inspected (hits_review.png)."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    from napari_2dtm import CTFParams, Search, SearchConfig
+    from napari_2dtm._napari._demo import _new_viewer
+    from napari_2dtm._napari._jobs import save_results
+    from napari_2dtm._napari._sample_data import DEMO, simulate_sample
+
+    sim = simulate_sample(DEMO)
+    config = SearchConfig(ctf=CTFParams(**DEMO["ctf"]), device="cpu", **DEMO["search"])
+    search = Search(sim.image, sim.pixel_size_a, sim.templates[0], config)
+    for _ in search.run():
+        pass
+    folder = work_dir / "demo_2dtm"
+    save_results(search.result, folder, sim.image, sim.pixel_size_a, micrograph_name="2DTM demo")
+
+    viewer = _new_viewer("napari-2dtm hits review")
+    viewer.open(str(folder), plugin="napari-2dtm")  # the Hits widget docks itself
+    state = {"code": 1}
+
+    def curate():
+        widget = viewer.window.dock_widgets.get("2DTM Hits (napari-2dtm)")
+        if widget is None or widget.review is None:
+            print("hits review: the Hits widget did not dock")
+            QTimer.singleShot(200, viewer.close)
+            return
+        for layer in viewer.layers:
+            layer.visible = layer.name in ("2DTM_demo", widget.layer.name)
+        viewer.layers.selection.active = widget.layer
+        widget.set_threshold(6.0)  # a little below the 1-false-positive threshold
+        rows = [int(i) for i in widget.model.rows]
+        for i in rows[:4]:
+            widget.select_hit(i, center=False)
+            widget.accept()
+        widget.select_hit(rows[-1], center=False)
+        widget.reject()
+        widget.select_hit(rows[4], center=False)
+        viewer.reset_view()
+        QTimer.singleShot(800, shoot)
+
+    def shoot():
+        viewer.screenshot(str(png), canvas_only=False)
+        print(f"screenshot (hits review): {png}")
+        state["code"] = 0
+        QTimer.singleShot(200, viewer.close)
+
+    QTimer.singleShot(1500, curate)
+    napari.run()
+    return state["code"]
+
+
+def classification_screenshot(png: Path, work_dir: Path) -> int:
+    """The 2DTM Classify widget after a job: 70 simulated particles, half 1BD2 and half
+    1BD2 without beta-2-microglobulin (chain B), hits one search step off their true
+    poses; classes coloured on the micrograph, log2 ratios with the fitted Gaussians."""
+    import gemmi
+    import napari
+    import numpy as np
+    from qtpy.QtCore import QTimer
+    from scipy.spatial.transform import Rotation
+
+    from napari_2dtm import CTFParams
+    from napari_2dtm._napari._demo import _new_viewer
+    from napari_2dtm._napari._layers import micrograph_layer, points_layer
+    from napari_2dtm.classify import load_template_set
+    from napari_2dtm.geometry import euler_to_matrix, matrix_to_euler
+    from napari_2dtm.simulate import simulate_micrograph
+
+    full = ROOT / "src" / "napari_2dtm" / "data" / "1BD2.pdb.gz"
+    px = 3.0
+    work_dir.mkdir(parents=True, exist_ok=True)
+    st = gemmi.read_structure(str(full))
+    st[0].remove_chain("B")
+    no_b = work_dir / "1BD2_no_b2m.pdb"
+    st.write_pdb(str(no_b))
+    ctf = CTFParams(defocus1_a=10000.0)
+    sim = simulate_micrograph([full, no_b], 70, shape=(768, 768), pixel_size_a=px, ctf=ctf,
+                              snr=0.09, seed=10)
+    # particles are centred on their own class's centre of mass; move to the shared origin
+    ts = load_template_set([full, full], px, names=["full", "no_b2m"],
+                           selections=[None, "not chain B"])
+    origin = np.asarray(ts.templates[0].params["center_a"])
+    hits = sim.truth.copy()
+    rng = np.random.default_rng(0)
+    for i, r in hits.iterrows():
+        a = euler_to_matrix(r.phi, r.theta, r.psi)
+        d = a @ (origin - np.asarray(sim.templates[int(r["class"])].params["center_a"])) / px
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        turn = Rotation.from_rotvec(np.deg2rad(1.5) * axis).as_matrix()  # one grid step off
+        hits.loc[i, ["phi", "theta", "psi"]] = matrix_to_euler(turn @ a)
+        hits.loc[i, "x"] = float(np.round(r.x + d[0]))
+        hits.loc[i, "y"] = float(np.round(r.y + d[1]))
+    hits = hits.drop(columns=["class", "class_name", "snr_matched"])
+
+    viewer = _new_viewer("napari-2dtm classification")
+    data, kw, _ = micrograph_layer(sim.image, px, "lamella")
+    viewer.add_image(data, **kw)
+    info = {"kind": "hits", "pixel_size_a": px, "micrograph_name": "lamella.mrc",
+            "ctf": ctf.to_dict()}
+    data, kw, _ = points_layer(hits, px, "hits [lamella]", size_px=34,
+                               metadata={"napari_2dtm": info}, visible=False)
+    viewer.add_points(data, **kw)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Classify")
+    widget.set_templates([(full, "", "full"), (full, "not chain B", "no_b2m")])
+    widget.output_dir.setText(str(work_dir / "job"))
+    state = {"code": 1}
+
+    def shoot():
+        widget.confidence.setValue(0.95)
+        viewer.reset_view()
+        scroll = widget.parent()
+        while scroll is not None and not hasattr(scroll, "verticalScrollBar"):
+            scroll = scroll.parent()
+        if scroll is not None:  # the results at the bottom of the dock in view
+            bar = scroll.verticalScrollBar()
+            bar.setValue(bar.maximum())
+        QTimer.singleShot(500, lambda: _save())
+
+    def _save():
+        viewer.screenshot(str(png), canvas_only=False)
+        print(f"screenshot (classification): {png}; {widget.counts_label.text()}")
+        state["code"] = 0
+        QTimer.singleShot(200, viewer.close)
+
+    def on_finished(outcome):
+        print(f"classification {outcome}: {widget.status.text()}")
         if outcome == "done":
             QTimer.singleShot(800, shoot)
         else:
