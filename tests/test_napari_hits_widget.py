@@ -71,6 +71,8 @@ def test_opening_results_docks_the_review_and_the_threshold_drives_the_points(
     n_shown = int(np.sum(review.values >= t))
     assert 0 < n_shown < len(result.hits)
     np.testing.assert_array_equal(layer.shown, review.values >= t)
+    # drawn: napari ignores `shown` in a 2D viewer, so hidden points also get size 0
+    assert np.all(layer.size[~layer.shown] == 0) and np.all(layer.size[layer.shown] > 0)
     assert widget.model.rowCount() == n_shown
     assert widget.threshold_spin.value() == pytest.approx(t, abs=0.006)
     assert f"Expected false positives: {_gaussian_tail(t):.3g} " in widget.fp_label.text()

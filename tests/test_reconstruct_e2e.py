@@ -182,7 +182,7 @@ def test_particle_stack_and_relion_star(searched, tmp_path):
     assert read_mrc(stack)[1] == pytest.approx(PX)
 
 
-def test_ligand_scenario(model, searched):
+def test_ligand_scenario(model, searched, tmp_path):
     """Search + refine with the template without STR; the ligand appears in the map."""
     path, full, omit = model
     sim0, res0, _ = searched
@@ -196,7 +196,7 @@ def test_ligand_scenario(model, searched):
         mics.append(MicrographInput(sim.image, PX, ctf, _perturb(sim.truth, 2.5, 1.0, 100.0, i),
                                     f"mic{i}.mrc"))
         truths.append(sim.truth)
-    out = run_job(mics, full, _tmp_job(), JobSettings(box=BOX, stages=QUICK),
+    out = run_job(mics, full, tmp_path / "job", JobSettings(box=BOX, stages=QUICK),
                   omit_template=omit)
     s = out.summary
     assert s["n_particles"] >= 90
@@ -221,27 +221,6 @@ def test_ligand_scenario(model, searched):
           f"{dens['omit_map']:.1f} sigma (omit map) / {dens['map']:.1f} sigma (full map), "
           f"masked resolution {s['map']['resolution_masked_a']:.1f} A, median pose error "
           f"{np.median(errs):.2f} deg")
-
-
-_JOBS = []
-
-
-def _tmp_job():
-    import tempfile
-    from pathlib import Path
-
-    d = Path(tempfile.mkdtemp(prefix="rec_job_")) / "job"
-    _JOBS.append(d.parent)
-    return d
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cleanup_jobs():
-    yield
-    import shutil
-
-    for d in _JOBS:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_cli_reconstruct_job_folder(searched, tmp_path, capsys):

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                    help="run without a window even if a display is available")
     p.add_argument("--no-run", action="store_true",
                    help="with a display: open napari but do not start the search")
+    p.add_argument("--teaching", action="store_true",
+                   help="with a display: run the search in teaching mode (slow, each step "
+                        "shown beside the micrograph and explained)")
     p.add_argument("--screenshot", type=Path, default=None, metavar="PNG",
                    help="headless: where to save the screenshot (default DIR/screenshot.png)")
     p.set_defaults(func=run_demo)
@@ -60,7 +63,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if has_display() and not args.headless:
         from ._napari._demo import launch
 
-        return launch(folder, run=not args.no_run, overwrite=True)
+        return launch(folder, run=not args.no_run, overwrite=True, teaching=args.teaching)
     return run_headless(folder, args.screenshot or args.out / "screenshot.png")
 
 

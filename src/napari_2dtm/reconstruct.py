@@ -481,6 +481,9 @@ class Reconstructor:
         ctfp = _ctf_rows(ctfs if self.use_ctf else None, b)
         shifts = np.zeros((b, 2)) if shifts_px is None else np.asarray(shifts_px, np.float64).reshape(b, 2)
         weights = np.ones(b) if weights is None else np.asarray(weights, np.float64).reshape(b)
+        bad = set(np.unique(halves).tolist()) - {1, 2}
+        if bad:
+            raise InputError(f"half-set labels must be 1 or 2, got {sorted(bad)}")
         jobs = []
         for h in (0, 1):
             sel = np.flatnonzero(halves == h + 1)
@@ -489,9 +492,6 @@ class Reconstructor:
             self.counts[h] += len(sel)
             jobs.append(self._pool.submit(self._insert_half, h, images[sel], rots[sel],
                                           ctfp[sel], shifts[sel], weights[sel]))
-        bad = set(np.unique(halves)) - {1, 2}
-        if bad:
-            raise InputError(f"half-set labels must be 1 or 2, got {sorted(bad)}")
         for j in jobs:
             j.result()
 
@@ -625,7 +625,14 @@ class Reconstructor:
         )
 
     def close(self):
+        """Stop the insertion threads (the accumulated volumes stay)."""
         self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # --------------------------------------------------------------------------------------

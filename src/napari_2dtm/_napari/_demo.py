@@ -47,8 +47,11 @@ def launch(
     live_screenshot: str | Path | None = None,
     done_screenshot: str | Path | None = None,
     quit_when_done: bool = False,
+    teaching: bool = False,
 ) -> int:
-    """Open napari with the demo and the docked Search widget; returns an exit code."""
+    """Open napari with the demo and the docked Search widget; returns an exit code.
+
+    teaching: tick the widget's teaching mode (the search runs slowly, explained)."""
     import napari
     from qtpy.QtCore import QTimer
 
@@ -57,6 +60,7 @@ def launch(
     _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Search")
     widget.output_dir.setText(str(out_dir))
     widget.overwrite.setChecked(overwrite)
+    widget.teaching.setChecked(teaching)
     QTimer.singleShot(300, viewer.reset_view)  # once the dock has taken its space
     state = {"live": live_screenshot is None, "code": 0}
 

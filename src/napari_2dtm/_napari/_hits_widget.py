@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     import napari
 
 SLIDER_STEPS = 1000
+BORDER_WIDTH = 0.07  # of the marker size
 NO_MASK = "(none)"
 KEYS = {"n": "next_hit", "p": "previous_hit", "a": "accept", "r": "reject", "u": "unreview"}
 LAYER_KEYS = ("a", "p")  # napari's points layer binds these itself
@@ -377,10 +378,12 @@ class HitsWidget(QWidget):
             np.zeros((0, 2)), name=name, scale=tuple(hits_layer.scale[-2:]),
             units=tuple(str(u) for u in hits_layer.units[-2:]),
             size=hit_marker_size_px(self.review.result), symbol="disc",
-            face_color="transparent", border_color="#00e5ff", border_width=0.07,
+            face_color="transparent", border_color="#00e5ff", border_width=BORDER_WIDTH,
             opacity=0.95, metadata={"napari_2dtm": info},
         )
+        self._marker_size = float(hit_marker_size_px(self.review.result))
         self.layer.selected_data.events.items_changed.connect(self._on_points_selection)
+        self.layer.events.size.connect(self._on_size_changed)
         for key in LAYER_KEYS:
             self.layer.bind_key(key, getattr(self, f"_key_{key}"), overwrite=True)
 
@@ -415,7 +418,8 @@ class HitsWidget(QWidget):
             coords = t[["y", "x"]].to_numpy(float) if len(t) else np.zeros((0, 2))
             self.layer.data = coords
             self.layer.features = t
-            self.layer.border_color = self._colors(t["status"].to_numpy(object))
+            self._rgba = self._colors(t["status"].to_numpy(object))
+            self._paint()
             self.model.set_table(t, [m for m in METRICS if m in t.columns])
             self.table.resizeColumnsToContents()
         finally:
@@ -455,7 +459,7 @@ class HitsWidget(QWidget):
             return
         t0 = time.perf_counter()
         shown = self.review.set_threshold(t)
-        self.layer.shown = shown
+        self._show_points(shown)
         self.model.set_shown(shown)
         self._update_labels()
         self._updating_threshold = True
@@ -469,6 +473,34 @@ class HitsWidget(QWidget):
         self.last_threshold_ms = 1e3 * (time.perf_counter() - t0)
         self._save_timer.start()
         self.threshold_applied.emit(float(t))
+
+    def _show_points(self, shown: np.ndarray):
+        """Hide points below the threshold: ``shown``, and size 0.
+
+        napari (0.9) ignores ``shown`` when every axis of the points is displayed (a
+        2D viewer: its slicing fast path returns all indices), so hidden candidates
+        also get size 0 and no border, which removes them from the drawing and from
+        mouse picking.
+        """
+        self._setting_size = True
+        try:
+            self.layer.shown = shown
+            self.layer.size = np.where(shown, self._marker_size, 0.0)
+            self.layer.border_width = np.where(shown, BORDER_WIDTH, 0.0)
+        finally:
+            self._setting_size = False
+
+    def _paint(self):
+        """Border colours from the statuses."""
+        self.layer.border_color = self._rgba
+
+    def _on_size_changed(self, *_):
+        if getattr(self, "_setting_size", False) or self.review is None:
+            return
+        sizes = np.asarray(self.layer.size, float)
+        if sizes.size and sizes.max() > 0:  # the user changed the marker size
+            self._marker_size = float(sizes.max())
+            self._show_points(self.review.shown())
 
     def _on_spin(self, value):
         if not self._updating_threshold:
@@ -732,9 +764,8 @@ class HitsWidget(QWidget):
         if not ids:
             return
         self.review.set_status(ids, status)
-        colors = np.array(self.layer.border_color, copy=True)
-        colors[ids] = STATUS_RGBA[status]
-        self.layer.border_color = colors
+        self._rgba[ids] = STATUS_RGBA[status]
+        self._paint()
         self.model.set_status(ids, status)
         self._update_labels()
         self._save_timer.start()
