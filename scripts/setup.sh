@@ -31,8 +31,8 @@ if ((${#missing[@]})); then
     "${missing[@]}" >/dev/null
 fi
 
-stamp_dir=build
-stamp="$stamp_dir/.setup-stamp"
+# Not under build/: mkdocs rebuilds build/site and the stamp must survive it.
+stamp=.setup-stamp
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(pwd) $(command -v "$PY")"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$PY" -c "import napari_2dtm, napari, npe2, pytest_qt, ruff, mkdocs, material, mkdocstrings_handlers.python" >/dev/null 2>&1; then
@@ -42,5 +42,4 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 echo "setup: installing napari-2dtm (editable) with its dev tools"
 "$PY" -m pip install -q --upgrade "pip>=25.1"
 "$PY" -m pip install -q -e . --group dev
-mkdir -p "$stamp_dir"
 echo "$want" >"$stamp"
