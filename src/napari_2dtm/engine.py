@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import scipy.fft as sfft
-from numba.typed import List as NumbaList
 
 from . import _kernels
 from .backend import get_backend, to_numpy
@@ -448,16 +447,28 @@ class Search:
         rows[:, :, :e] = proj[:, :, :e]
         rows[:, :, ws - e :] = proj[:, :, e:]
         r = b.fft.rfft(rows, axis=-1, **b.fft_kw)
-        big = xp.zeros((nb, hs, ws // 2 + 1), xp.complex64)
-        big[:, :e] = r[:, :e]
-        big[:, hs - e :] = r[:, e:]
         if b.is_gpu:
+            big = xp.zeros((nb, hs, ws // 2 + 1), xp.complex64)
+            big[:, :e] = r[:, :e]
+            big[:, hs - e :] = r[:, e:]
             return b.fft.fft(big, axis=1, overwrite_x=True)
+        buf = getattr(self, "_pft_buf", None)
+        if buf is None or buf.shape[0] < nb:
+            buf = self._pft_buf = np.empty((nb, hs, ws // 2 + 1), np.complex64)
+        big = buf[:nb]  # reused: no page faults for a fresh frame-sized array per batch
+        big[:, :e] = r[:, :e]
+        big[:, e : hs - e] = 0
+        big[:, hs - e :] = r[:, e:]
         w = b.fft_kw["workers"]
         if nb < w:  # few large frames: threads inside each FFT
             return sfft.fft(big, axis=1, workers=w, overwrite_x=True)
-        self._map_threads(lambda i: big.__setitem__(i, sfft.fft(big[i], axis=0, workers=1,
-                                                                  overwrite_x=True)), nb)
+
+        def column_pass(i):
+            col = sfft.fft(big[i], axis=0, workers=1, overwrite_x=True)  # in place in practice
+            if not np.may_share_memory(col, big[i]):
+                big[i] = col
+
+        self._map_threads(column_pass, nb)
         return big
 
     def _batches(self, bs: int) -> list[tuple[int, int, int]]:
@@ -539,7 +550,8 @@ class Search:
                 # Snapshots of large maps cost ~1 s: keep them under ~10% of the time.
                 snap_wait = max(cfg.progress_interval_s, 10.0 * (t_last - now))
                 yield snap
-        self._prod_buf = None  # a few full-frame spectra: not needed for the maps
+        # full-frame buffers: not needed for the maps
+        self._prod_buf = self._cc_buf = self._pft_buf = None
         if self.checkpoint_path is not None and done > done_at_ckpt:
             t0 = time.perf_counter()
             self.save_checkpoint()
@@ -598,9 +610,12 @@ class Search:
         else:
             buf = getattr(self, "_prod_buf", None)
             if buf is None or buf.shape[0] < k:
-                # reused across batches: no page faults for a fresh large array each time
+                # Reused across batches: a fresh large array each time costs page faults
+                # (a third of the run time on K3 frames).
                 buf = self._prod_buf = np.empty((k, hs, ws // 2 + 1), np.complex64)
+                self._cc_buf = np.empty((k, hs, ws), np.float32)
             prod = buf[:k]
+            ccs = self._cc_buf[:k]
             energy = np.empty(k)
             nt = min(k, 4 * self.backend.fft_kw["workers"])
             edges = np.linspace(0, k, nt + 1).astype(int)
@@ -609,13 +624,17 @@ class Search:
             self._map_threads(lambda j: _kernels.multiply_energy_batch(
                 self._img_ft, self._filters, fidx, pft, pidx, self._wts, prod, energy,
                 edges[j], edges[j + 1]), nt)
-            outs = [None] * k
-            # pocketfft is faster one map at a time than batched (cache), and threads
-            # over maps scale better than threads inside one FFT. The maps go to the
-            # statistics kernel as a typed list: no copy into a stack.
-            self._map_threads(lambda i: outs.__setitem__(i, sfft.irfft2(
-                prod[i], s=(hs, ws), workers=1, overwrite_x=True)), k)
-            ccs = NumbaList(outs)
+
+            def inverse(i):
+                # One map per thread (threads over maps scale better than threads inside
+                # one FFT, and pocketfft is faster one map at a time than batched), in
+                # two passes into preallocated memory: the column pass in place (scipy),
+                # the row pass into the reused map buffer (numpy.fft has out=). Both are
+                # pocketfft: the maps equal scipy.fft.irfft2's.
+                col = sfft.ifft(prod[i], axis=0, workers=1, overwrite_x=True)
+                np.fft.irfft(col, n=ws, axis=1, out=ccs[i])
+
+            self._map_threads(inverse, k)
         # Parseval: sum_x t(x)^2 = (1/N) sum_k |T(k)|^2 over the full spectrum.
         with np.errstate(divide="ignore"):
             scales = np.where(energy > 0, 1.0 / np.sqrt(energy / (hs * ws)), 0.0).astype(np.float32)
