@@ -35,7 +35,7 @@ fi
 stamp=.setup-stamp
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(pwd) $(command -v "$PY")"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$PY" -c "import napari_2dtm, napari, npe2, pytest_qt, ruff, mkdocs, material, mkdocstrings_handlers.python" >/dev/null 2>&1; then
+   && "$PY" -c "import napari_2dtm, napari, npe2, pytestqt, ruff, mkdocs, material, mkdocstrings_handlers.python" >/dev/null 2>&1; then
   exit 0
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
