@@ -26,21 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.spatial.transform import Rotation
 
 STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
 
 
 def perturb(truth: pd.DataFrame, deg: float, shift_px: float, ddf_a: float, seed: int):
-    from napari_2dtm.geometry import euler_to_matrix, matrix_to_euler
+    from napari_2dtm.geometry import rotate_about_random_axes
 
     rng = np.random.default_rng(seed)
     h = truth.copy()
-    axes = rng.normal(size=(len(h), 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    r = Rotation.from_rotvec(axes * np.deg2rad(deg)).as_matrix()
-    a = euler_to_matrix(*h[["phi", "theta", "psi"]].to_numpy(float).T)
-    h[["phi", "theta", "psi"]] = matrix_to_euler(r @ a)
+    h[["phi", "theta", "psi"]] = rotate_about_random_axes(
+        h[["phi", "theta", "psi"]].to_numpy(float), deg, rng)
     h["x"] = h["x"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
     h["y"] = h["y"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
     h["defocus_a"] = h["defocus_a"] + ddf_a

@@ -63,3 +63,15 @@ def test_local_grid_stays_near_centre():
     g = local_grid(c, 3.0, 1.0)
     d = angular_distance_deg(euler_to_matrix(*g.T), euler_to_matrix(*c))
     assert d.min() < 1e-4 and d.max() < 3.0 * np.sqrt(2) + 0.1
+
+
+def test_rotate_about_random_axes_turns_by_exactly_the_angle():
+    from napari_2dtm.geometry import rotate_about_random_axes
+
+    rng = np.random.default_rng(4)
+    a = so3_grid(30.0, 30.0)[::7]
+    b = rotate_about_random_axes(a, 2.5, rng)
+    d = angular_distance_deg(euler_to_matrix(*a.T), euler_to_matrix(*b.T))
+    np.testing.assert_allclose(d, 2.5, atol=1e-6)
+    # the axes differ: the turned orientations are not all moved the same way
+    assert np.ptp(b - a, axis=0).max() > 1.0

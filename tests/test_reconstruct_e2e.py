@@ -16,12 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from scipy.spatial.transform import Rotation
 
 from _planting import match, structure_file
 from napari_2dtm import CTFParams, Search, SearchConfig, extract_hits, write_results
 from napari_2dtm.errors import InputError
-from napari_2dtm.geometry import angular_distance_deg, euler_to_matrix, local_grid, matrix_to_euler
+from napari_2dtm.geometry import (
+    angular_distance_deg,
+    euler_to_matrix,
+    local_grid,
+    rotate_about_random_axes,
+)
 from napari_2dtm.io import read_mrc, write_mrc
 from napari_2dtm.model import template_from_model, write_template_mrc
 from napari_2dtm.particles import (
@@ -53,11 +57,8 @@ def _perturb(truth: pd.DataFrame, deg: float, shift_px: float, ddf_a: float, see
     """Hits = true poses rotated by ``deg`` about random axes, shifted, defocus off."""
     rng = np.random.default_rng(seed)
     h = truth.copy()
-    axes = rng.normal(size=(len(h), 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    r = Rotation.from_rotvec(axes * np.deg2rad(deg)).as_matrix()
-    a = euler_to_matrix(*h[["phi", "theta", "psi"]].to_numpy(float).T)
-    h[["phi", "theta", "psi"]] = matrix_to_euler(r @ a)
+    h[["phi", "theta", "psi"]] = rotate_about_random_axes(
+        h[["phi", "theta", "psi"]].to_numpy(float), deg, rng)
     h["x"] = h["x"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
     h["y"] = h["y"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
     h["defocus_a"] = h["defocus_a"] + ddf_a

@@ -25,6 +25,7 @@ __all__ = [
     "local_grid",
     "symmetry_ranges",
     "angular_distance_deg",
+    "rotate_about_random_axes",
 ]
 
 
@@ -74,6 +75,19 @@ def angular_distance_deg(m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
     """Geodesic distance in degrees between rotation matrices ``(..., 3, 3)``."""
     r = np.einsum("...ij,...ij->...", m1, m2)
     return np.rad2deg(np.arccos(np.clip((r - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def rotate_about_random_axes(angles_deg: np.ndarray, deg: float, rng) -> np.ndarray:
+    """Orientations ``(N, 3)`` ZYZ degrees, each turned by exactly ``deg`` about its own
+    uniformly random axis (``R' = R_axis R``): poses with a known error, for simulated
+    hits. ``rng``: a :class:`numpy.random.Generator` (draws ``N x 3`` normals)."""
+    a = np.asarray(angles_deg, np.float64).reshape(-1, 3)
+    axes = rng.normal(size=(len(a), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    from scipy.spatial.transform import Rotation
+
+    turn = Rotation.from_rotvec(axes * np.deg2rad(deg)).as_matrix()
+    return matrix_to_euler(turn @ euler_to_matrix(*a.T))
 
 
 _TETRA_THETA = 54.7356
