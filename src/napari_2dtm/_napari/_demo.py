@@ -31,13 +31,18 @@ def _focus_on_results(viewer, micrograph_name: str):
     for layer in viewer.layers:
         if layer.name.startswith(("template", "ground truth")):
             layer.visible = False
+    from ._hits_widget import review_layer_name
+
+    hits = f"hits [{micrograph_name}]"
+    review = review_layer_name(micrograph_name)
+    # The Hits widget's review layer, when docked, draws the same hits: show one layer.
+    shown = review if review in viewer.layers else hits
     for name, visible in ((f"z-score [{micrograph_name}]", False), (f"SNR [{micrograph_name}]", True),
-                          (f"hits [{micrograph_name}]", True)):
+                          (hits, shown == hits), (review, True)):
         if name in viewer.layers:
             viewer.layers[name].visible = visible
-    hits = f"hits [{micrograph_name}]"
-    if hits in viewer.layers:
-        viewer.layers.selection.active = viewer.layers[hits]
+    if shown in viewer.layers:
+        viewer.layers.selection.active = viewer.layers[shown]
 
 
 def launch(
