@@ -30,25 +30,12 @@ import pandas as pd
 STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
 
 
-def perturb(truth: pd.DataFrame, deg: float, shift_px: float, ddf_a: float, seed: int):
-    from napari_2dtm.geometry import rotate_about_random_axes
-
-    rng = np.random.default_rng(seed)
-    h = truth.copy()
-    h[["phi", "theta", "psi"]] = rotate_about_random_axes(
-        h[["phi", "theta", "psi"]].to_numpy(float), deg, rng)
-    h["x"] = h["x"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
-    h["y"] = h["y"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
-    h["defocus_a"] = h["defocus_a"] + ddf_a
-    return h
-
-
 def main() -> int:
     from napari_2dtm import CTFParams, Search, SearchConfig, extract_hits
     from napari_2dtm.geometry import angular_distance_deg, euler_to_matrix, local_grid
     from napari_2dtm.model import template_from_model
     from napari_2dtm.reconstruct_job import JobSettings, MicrographInput, run_job
-    from napari_2dtm.simulate import simulate_micrograph
+    from napari_2dtm.simulate import perturbed_hits, simulate_micrograph
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--micrographs", type=int, default=6)
@@ -88,7 +75,7 @@ def main() -> int:
             print(f"micrograph 0: search of {len(ori)} orientations in {search_s:.0f} s, "
                   f"{len(s.result.hits)} hits (SNR >= 7) for {len(sim.truth)} particles")
         else:
-            mics.append(MicrographInput(sim.image, px, ctf, perturb(sim.truth, 2.5, 1.0, 100.0, i),
+            mics.append(MicrographInput(sim.image, px, ctf, perturbed_hits(sim.truth, 2.5, 1.0, 100.0, i),
                                         f"mic{i}.mrc"))
     print(f"simulated {a.micrographs} micrographs ({time.perf_counter() - t0:.0f} s)")
 

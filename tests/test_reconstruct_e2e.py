@@ -24,7 +24,6 @@ from napari_2dtm.geometry import (
     angular_distance_deg,
     euler_to_matrix,
     local_grid,
-    rotate_about_random_axes,
 )
 from napari_2dtm.io import read_mrc, write_mrc
 from napari_2dtm.model import template_from_model, write_template_mrc
@@ -36,7 +35,7 @@ from napari_2dtm.particles import (
 )
 from napari_2dtm.reconstruct_job import JobSettings, MicrographInput, run_job
 from napari_2dtm.refine import DEFAULT_STAGES, RefineStage, refine_hits, stages_from
-from napari_2dtm.simulate import simulate_micrograph
+from napari_2dtm.simulate import perturbed_hits, simulate_micrograph
 
 PX = 2.0
 BOX = 64
@@ -51,18 +50,6 @@ def model():
     assert full.box == omit.box and full.params["center_a"] == omit.params["center_a"]
     assert full.params["n_atoms"] - omit.params["n_atoms"] == 46  # 2 x 23 heavy atoms of progesterone (C21 O2)
     return path, full, omit
-
-
-def _perturb(truth: pd.DataFrame, deg: float, shift_px: float, ddf_a: float, seed: int):
-    """Hits = true poses rotated by ``deg`` about random axes, shifted, defocus off."""
-    rng = np.random.default_rng(seed)
-    h = truth.copy()
-    h[["phi", "theta", "psi"]] = rotate_about_random_axes(
-        h[["phi", "theta", "psi"]].to_numpy(float), deg, rng)
-    h["x"] = h["x"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
-    h["y"] = h["y"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
-    h["defocus_a"] = h["defocus_a"] + ddf_a
-    return h
 
 
 def _ang_err(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
@@ -100,7 +87,7 @@ def test_refinement_converges_at_high_snr(model):
     sim = simulate_micrograph([path], 4, shape=(320, 320), pixel_size_a=PX, ctf=ctf, snr=1.0,
                               seed=2)
     truth = sim.truth
-    start = _perturb(truth, 2.5, 1.0, 120.0, seed=1)
+    start = perturbed_hits(truth, 2.5, 1.0, 120.0, seed=1)
     ref = refine_hits(sim.image, PX, full, start, ctf)
     err = _ang_err(ref, truth)
     pos = np.hypot(ref["x"] - truth["x"], ref["y"] - truth["y"])
@@ -194,7 +181,7 @@ def test_ligand_scenario(model, searched, tmp_path):
                         astigmatism_angle_deg=35.0 * i)
         sim = simulate_micrograph([path], 45, shape=(768, 768), pixel_size_a=PX, ctf=ctf,
                                   snr=0.05, seed=20 + i)
-        mics.append(MicrographInput(sim.image, PX, ctf, _perturb(sim.truth, 2.5, 1.0, 100.0, i),
+        mics.append(MicrographInput(sim.image, PX, ctf, perturbed_hits(sim.truth, 2.5, 1.0, 100.0, i),
                                     f"mic{i}.mrc"))
         truths.append(sim.truth)
     out = run_job(mics, full, tmp_path / "job", JobSettings(box=BOX, stages=QUICK),

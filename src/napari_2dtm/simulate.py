@@ -37,7 +37,7 @@ from scipy.spatial.transform import Rotation
 
 from .ctf import CTFParams, ctf_2d, wavelength_a
 from .errors import InputError
-from .geometry import euler_to_matrix, matrix_to_euler
+from .geometry import euler_to_matrix, matrix_to_euler, rotate_about_random_axes
 from .model import (
     DEFAULT_BFACTOR_A2,
     VOLT_A2,
@@ -55,6 +55,7 @@ __all__ = [
     "write_simulation",
     "interaction_constant",
     "project_atoms",
+    "perturbed_hits",
     "TRUTH_COLUMNS",
 ]
 
@@ -635,3 +636,17 @@ def write_simulation(
     atomic_write_text(paths["json"], json.dumps(meta, indent=2, default=str) + "\n")
     return paths
 
+
+def perturbed_hits(truth: pd.DataFrame, angle_deg: float, shift_px: float, defocus_a: float,
+                   seed: int) -> pd.DataFrame:
+    """Hits with known errors made from a truth table (for refinement and reconstruction
+    tests): each pose turned by ``angle_deg`` about its own random axis, ``x`` and ``y``
+    each moved by +-``shift_px`` (random signs), ``defocus_a`` added to the defocus."""
+    rng = np.random.default_rng(seed)
+    h = truth.copy()
+    h[["phi", "theta", "psi"]] = rotate_about_random_axes(
+        h[["phi", "theta", "psi"]].to_numpy(float), angle_deg, rng)
+    h["x"] = h["x"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
+    h["y"] = h["y"] + rng.choice([-1.0, 1.0], len(h)) * shift_px
+    h["defocus_a"] = h["defocus_a"] + defocus_a
+    return h
