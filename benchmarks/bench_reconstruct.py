@@ -44,10 +44,8 @@ def bench_reconstruction(n: int, box: int, px: float, seed: int = 0) -> dict:
     ctfs = ctf_table(table)
     batch = 256
     # warm the numba kernel (compile or load its cache) outside the timing
-    warm = Reconstructor(box, px)
-    warm.insert(rng.standard_normal((2, box, box)).astype(np.float32), ang[:2], [1, 2], ctfs[:2])
-    warm.close()
-    del warm
+    with Reconstructor(box, px) as warm:
+        warm.insert(rng.standard_normal((2, box, box)).astype(np.float32), ang[:2], [1, 2], ctfs[:2])
     rec = Reconstructor(box, px)
     t_gen = 0.0
     t0 = time.perf_counter()

@@ -17,6 +17,7 @@ Convention (used everywhere in napari-2dtm, see ``docs/conventions.md``):
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 __all__ = [
     "euler_to_matrix",
@@ -84,8 +85,6 @@ def rotate_about_random_axes(angles_deg: np.ndarray, deg: float, rng) -> np.ndar
     a = np.asarray(angles_deg, np.float64).reshape(-1, 3)
     axes = rng.normal(size=(len(a), 3))
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    from scipy.spatial.transform import Rotation
-
     turn = Rotation.from_rotvec(axes * np.deg2rad(deg)).as_matrix()
     return matrix_to_euler(turn @ euler_to_matrix(*a.T))
 

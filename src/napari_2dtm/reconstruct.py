@@ -691,8 +691,7 @@ def reconstruct(images, pixel_size_a: float, particles: pd.DataFrame, *, use_ctf
               else 1 + (np.arange(n) % 2))
     weights = particles["weight"].to_numpy(np.float64) if "weight" in particles else np.ones(n)
     ctfs = ctf_table(particles, ctf) if use_ctf else None
-    rec = Reconstructor(images.shape[1], px, pad=pad, symmetry=symmetry, use_ctf=use_ctf)
-    try:
+    with Reconstructor(images.shape[1], px, pad=pad, symmetry=symmetry, use_ctf=use_ctf) as rec:
         for i0 in range(0, n, batch):
             if cancel is not None and cancel.is_set():
                 raise ReconstructionCancelled("reconstruction cancelled")
@@ -704,5 +703,3 @@ def reconstruct(images, pixel_size_a: float, particles: pd.DataFrame, *, use_ctf
         if cancel is not None and cancel.is_set():
             raise ReconstructionCancelled("reconstruction cancelled")
         return rec.finish(ssnr=ssnr, mask=mask)
-    finally:
-        rec.close()

@@ -28,11 +28,11 @@ def _new_viewer(title: str):
 
 def _focus_on_results(viewer, micrograph_name: str):
     """Show micrograph, SNR map and hits; everything else hidden."""
+    from ._hits_widget import review_layer_name
+
     for layer in viewer.layers:
         if layer.name.startswith(("template", "ground truth")):
             layer.visible = False
-    from ._hits_widget import review_layer_name
-
     hits = f"hits [{micrograph_name}]"
     review = review_layer_name(micrograph_name)
     # The Hits widget's review layer, when docked, draws the same hits: show one layer.

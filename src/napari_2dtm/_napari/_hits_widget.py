@@ -120,6 +120,9 @@ class HitsWidget(QWidget):
         self._syncing = False
         self._center_request = None
         self._updating_threshold = False
+        self._setting_size = False  # the widget itself is resizing the markers
+        self._marker_size = 0.0  # px, of shown hits
+        self._rgba = np.zeros((0, 4))  # border colour of each candidate, from its status
         self.last_threshold_ms = float("nan")
         self.max_candidates = MAX_CANDIDATES
 
@@ -495,7 +498,7 @@ class HitsWidget(QWidget):
         self.layer.border_color = self._rgba
 
     def _on_size_changed(self, *_):
-        if getattr(self, "_setting_size", False) or self.review is None:
+        if self._setting_size or self.review is None:
             return
         sizes = np.asarray(self.layer.size, float)
         if sizes.size and sizes.max() > 0:  # the user changed the marker size
