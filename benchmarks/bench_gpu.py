@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from napari_2dtm import CTFParams, Search, SearchConfig, gpu_info
-from napari_2dtm.geometry import so3_grid
-from napari_2dtm.template import Template
+from napari_2dtm.core.geometry import so3_grid
+from napari_2dtm.templates.template import Template
 
 
 def floor_seconds(frame, batch: int, reps: int = 10) -> float:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_2dtm import CTFParams, Search, SearchConfig
-from napari_2dtm.backend import cpu_workers
-from napari_2dtm.geometry import so3_grid
+from napari_2dtm.core.backend import cpu_workers
+from napari_2dtm.core.geometry import so3_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import floor_seconds, template_volume  # noqa: E402

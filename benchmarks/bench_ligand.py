@@ -32,10 +32,10 @@ STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structur
 
 def main() -> int:
     from napari_2dtm import CTFParams, Search, SearchConfig, extract_hits
-    from napari_2dtm.geometry import angular_distance_deg, euler_to_matrix, local_grid
-    from napari_2dtm.model import template_from_model
-    from napari_2dtm.reconstruct_job import JobSettings, MicrographInput, run_job
+    from napari_2dtm.core.geometry import angular_distance_deg, euler_to_matrix, local_grid
+    from napari_2dtm.jobs.reconstruct import JobSettings, MicrographInput, run_job
     from napari_2dtm.simulate import perturbed_hits, simulate_micrograph
+    from napari_2dtm.templates.model import template_from_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--micrographs", type=int, default=6)
@@ -79,7 +79,7 @@ def main() -> int:
                                         f"mic{i}.mrc"))
     print(f"simulated {a.micrographs} micrographs ({time.perf_counter() - t0:.0f} s)")
 
-    from napari_2dtm.refine import RefineStage
+    from napari_2dtm.hits.refine import RefineStage
 
     stages = (RefineStage(2.5, 1.25, 1.5, 0.75),) if a.quick else None
     tmp = Path(tempfile.mkdtemp(prefix="bench_ligand_"))

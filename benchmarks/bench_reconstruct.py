@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench_reconstruction(n: int, box: int, px: float, seed: int = 0) -> dict:
     from scipy.spatial.transform import Rotation
 
-    from napari_2dtm.geometry import matrix_to_euler
-    from napari_2dtm.reconstruct import Reconstructor, ctf_table
+    from napari_2dtm.core.geometry import matrix_to_euler
+    from napari_2dtm.reconstruct.reconstructor import Reconstructor, ctf_table
 
     rng = np.random.default_rng(seed)
     ang = matrix_to_euler(Rotation.random(n, random_state=seed).as_matrix())
@@ -66,10 +66,10 @@ def bench_reconstruction(n: int, box: int, px: float, seed: int = 0) -> dict:
 
 
 def bench_refinement(n_hits: int, n_total: int, seed: int = 1) -> dict:
-    from napari_2dtm.ctf import CTFParams
-    from napari_2dtm.model import template_from_model
-    from napari_2dtm.refine import DEFAULT_STAGES, RefineStage, refine_hits
+    from napari_2dtm.core.ctf import CTFParams
+    from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits
     from napari_2dtm.simulate import simulate_micrograph
+    from napari_2dtm.templates.model import template_from_model
 
     path = ROOT / "src" / "napari_2dtm" / "data" / "1BD2.pdb.gz"
     px = 1.5

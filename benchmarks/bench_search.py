@@ -17,8 +17,8 @@ import numpy as np
 import scipy.fft as sfft
 
 from napari_2dtm import CTFParams, Search, SearchConfig
-from napari_2dtm.backend import cpu_workers, get_backend
-from napari_2dtm.geometry import so3_grid
+from napari_2dtm.core.backend import cpu_workers, get_backend
+from napari_2dtm.core.geometry import so3_grid
 
 
 def floor_seconds(frame, backend, reps=20) -> float:
@@ -50,12 +50,12 @@ def template_volume(px: float):
     try:
         from pathlib import Path
 
-        from napari_2dtm.model import template_from_model
+        from napari_2dtm.templates.model import template_from_model
 
         p = Path(__file__).resolve().parents[1] / "src/napari_2dtm/data/1BD2.pdb.gz"
         return template_from_model(p, px)
     except Exception:  # model support absent: a blob of the same size
-        from napari_2dtm.template import Template
+        from napari_2dtm.templates.template import Template
 
         n = int(160 / px) // 2 * 2
         z, y, x = np.mgrid[:n, :n, :n] - n // 2

@@ -50,9 +50,9 @@ def main(argv: list[str]) -> int:
         print("no 1BD2 model found; pass a PDB/mmCIF path", file=sys.stderr)
         return 2
 
-    from napari_2dtm import model as mdl
-    from napari_2dtm.ctf import CTFParams
+    from napari_2dtm.core.ctf import CTFParams
     from napari_2dtm.simulate import simulate_micrograph
+    from napari_2dtm.templates import model as mdl
 
     print(f"model: {model} ({pin})")
     mdl.clear_cache()

@@ -5,7 +5,7 @@
 Every figure is computed by napari-2dtm itself from the "2DTM demo" sample (a
 simulated 320 x 320 px micrograph at 2 A/px with 8 planted 1BD2 particles and their
 ground truth) and the demo's search settings, with matplotlib (Agg, no display). The
-search runs once through :class:`napari_2dtm.teaching.TeachingSearch` at full speed,
+search runs once through :class:`napari_2dtm.jobs.teaching.TeachingSearch` at full speed,
 which also gives the MIP part-way through. About half a minute on 2 cores.
 """
 
@@ -72,7 +72,7 @@ def compute():
     """The demo sample, its search (with steps), and the pieces the figures need."""
     from napari_2dtm import CTFParams, SearchConfig
     from napari_2dtm._napari._sample_data import DEMO, simulate_sample
-    from napari_2dtm.teaching import TeachingSearch
+    from napari_2dtm.jobs.teaching import TeachingSearch
 
     sim = simulate_sample(DEMO)
     config = SearchConfig(ctf=CTFParams(**DEMO["ctf"]), **DEMO["search"])
@@ -103,7 +103,7 @@ def fig_whitening(sim, teacher, out):
 
 
 def fig_projection_ctf(sim, config, teacher, out):
-    from napari_2dtm.ctf import ctf_2d
+    from napari_2dtm.core.ctf import ctf_2d
 
     corr = teacher.correlator
     px = corr.pixel_size_a
@@ -245,7 +245,7 @@ def fig_threshold(teacher, out):
 
 
 def fig_pvalue(sim, teacher, out):
-    from napari_2dtm.pvalue import fit_neg_log_p_map
+    from napari_2dtm.search.pvalue import fit_neg_log_p_map
 
     res = teacher.result
     fit = fit_neg_log_p_map(res.maps["zscore"], res.maps["snr"], mask=res.valid_mask)

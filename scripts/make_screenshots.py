@@ -104,11 +104,11 @@ def project_panel_screenshot(png: Path, work_dir: Path) -> int:
 
     from napari_2dtm import CTFParams, Search, SearchConfig
     from napari_2dtm._napari._demo import _new_viewer
-    from napari_2dtm.batch import find_micrographs, run_batch
-    from napari_2dtm.checkpoint import checkpoint_path_for
-    from napari_2dtm.io import write_mrc
-    from napari_2dtm.model import template_from_model
+    from napari_2dtm.io.mrc import write_mrc
+    from napari_2dtm.jobs.batch import find_micrographs, run_batch
+    from napari_2dtm.search.checkpoint import checkpoint_path_for
     from napari_2dtm.simulate import simulate_micrograph
+    from napari_2dtm.templates.model import template_from_model
 
     model = ROOT / "src" / "napari_2dtm" / "data" / "1BD2.pdb.gz"
     px = 3.0
@@ -127,7 +127,7 @@ def project_panel_screenshot(png: Path, work_dir: Path) -> int:
             f"1.0 {ctf.defocus1_a} {ctf.defocus2_a} 0.0 0.0 0.1 6.0\n")
     (mics / "lamella1_006.mrc").write_bytes(b"interrupted transfer")
     out = work_dir / "batch"
-    from napari_2dtm.batch import CTFSource
+    from napari_2dtm.jobs.batch import CTFSource
 
     run_batch(find_micrographs([mics]), out, tpl, config, ctf=CTFSource(ctffind_dir=mics))
     sim = simulate_micrograph(model, 3, shape=(288, 288), pixel_size_a=px, snr=0.4, seed=30)
@@ -191,9 +191,9 @@ def reconstruction_screenshot(png: Path, work_dir: Path) -> int:
     from napari_2dtm import CTFParams
     from napari_2dtm._napari._demo import _new_viewer
     from napari_2dtm._napari._layers import micrograph_layer, points_layer
-    from napari_2dtm.geometry import euler_to_matrix, matrix_to_euler
-    from napari_2dtm.model import template_from_model, write_template_mrc
+    from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler
     from napari_2dtm.simulate import simulate_micrograph
+    from napari_2dtm.templates.model import template_from_model, write_template_mrc
 
     model = ROOT.parent / "shared" / "data" / "structures" / "1A28.pdb.gz"
     px = 2.0
@@ -258,8 +258,8 @@ def hits_review_screenshot(png: Path, work_dir: Path) -> int:
 
     from napari_2dtm import CTFParams, Search, SearchConfig
     from napari_2dtm._napari._demo import _new_viewer
-    from napari_2dtm._napari._jobs import save_results
     from napari_2dtm._napari._sample_data import DEMO, simulate_sample
+    from napari_2dtm.jobs.search import save_results
 
     sim = simulate_sample(DEMO)
     config = SearchConfig(ctf=CTFParams(**DEMO["ctf"]), device="cpu", **DEMO["search"])
@@ -317,8 +317,8 @@ def classification_screenshot(png: Path, work_dir: Path) -> int:
     from napari_2dtm import CTFParams
     from napari_2dtm._napari._demo import _new_viewer
     from napari_2dtm._napari._layers import micrograph_layer, points_layer
-    from napari_2dtm.classify import load_template_set
-    from napari_2dtm.geometry import euler_to_matrix, matrix_to_euler
+    from napari_2dtm.classify.mixture import load_template_set
+    from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler
     from napari_2dtm.simulate import simulate_micrograph
 
     full = ROOT / "src" / "napari_2dtm" / "data" / "1BD2.pdb.gz"

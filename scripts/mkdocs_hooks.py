@@ -27,7 +27,7 @@ def cli_reference() -> str:
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = HELP_WIDTH
     try:
-        from napari_2dtm.cli import build_parser
+        from napari_2dtm.cli.main import build_parser
 
         parser = build_parser()
         parts = ["## `napari-2dtm`", "", "```text", parser.format_help().rstrip(), "```", ""]

@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from _planting import structure_file as structure
-from napari_2dtm.ctf import CTFParams, ctf_2d
+from helpers.planting import structure_file as structure
+from napari_2dtm.core.ctf import CTFParams, ctf_2d
+from napari_2dtm.core.geometry import euler_to_matrix
 from napari_2dtm.errors import InputError
-from napari_2dtm.geometry import euler_to_matrix
-from napari_2dtm.model import _filter_atoms, read_atoms, template_from_model
 from napari_2dtm.simulate import (
     TRUTH_COLUMNS,
     _atom_class,
@@ -21,6 +20,7 @@ from napari_2dtm.simulate import (
     simulate_micrograph,
     write_simulation,
 )
+from napari_2dtm.templates.model import _filter_atoms, read_atoms, template_from_model
 
 
 def _rotated_template_projection(vol: np.ndarray, a: np.ndarray, px: float, order: int = 3) -> np.ndarray:

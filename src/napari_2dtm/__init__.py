@@ -10,16 +10,34 @@ Public API (the napari widgets and the CLI use exactly this)::
 
 __version__ = "0.1.0"
 
-from .backend import gpu_info
-from .bias import template_bias
-from .checkpoint import SearchPartial, load_partial, merge_partials, save_partial, shard_ranges
-from .ctf import CTFParams, read_ctffind
-from .detect import expected_false_positives, extract_hits, false_alarm_threshold, find_peaks
-from .engine import Search, SearchConfig, SearchProgress, SearchResult, search
-from .errors import GPUUnavailableError, InputError, SearchCancelled
-from .io import read_map, read_micrograph, write_mrc
-from .particles import ParticleSet, extract_particles, read_particles, write_particles
-from .pvalue import (
+from napari_2dtm.core.backend import gpu_info
+from napari_2dtm.core.ctf import CTFParams, read_ctffind
+from napari_2dtm.errors import GPUUnavailableError, InputError, SearchCancelled
+from napari_2dtm.hits.refine import refine_hits
+from napari_2dtm.io.mrc import read_map, read_micrograph, write_mrc
+from napari_2dtm.reconstruct.bias import template_bias
+from napari_2dtm.reconstruct.particles import (
+    ParticleSet,
+    extract_particles,
+    read_particles,
+    write_particles,
+)
+from napari_2dtm.reconstruct.reconstructor import Reconstruction, reconstruct
+from napari_2dtm.search.checkpoint import (
+    SearchPartial,
+    load_partial,
+    merge_partials,
+    save_partial,
+    shard_ranges,
+)
+from napari_2dtm.search.detect import (
+    expected_false_positives,
+    extract_hits,
+    false_alarm_threshold,
+    find_peaks,
+)
+from napari_2dtm.search.engine import Search, SearchConfig, SearchProgress, SearchResult, search
+from napari_2dtm.search.pvalue import (
     PValueFit,
     add_neg_log_p,
     expected_false_positives_pvalue,
@@ -27,10 +45,8 @@ from .pvalue import (
     neg_log_p_map,
     pvalue_threshold,
 )
-from .reconstruct import Reconstruction, reconstruct
-from .refine import refine_hits
-from .results import read_results, write_results
-from .template import Template, load_template
+from napari_2dtm.search.results import read_results, write_results
+from napari_2dtm.templates.template import Template, load_template
 
 __all__ = [
     "CTFParams", "SearchConfig", "Search", "SearchProgress", "SearchResult", "search",

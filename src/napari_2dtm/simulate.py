@@ -3,7 +3,7 @@
 Image model (see ``docs/templates.md``):
 
 1. Each particle is an atomic model in a uniformly random orientation ``A`` (ZYZ angles,
-   the RELION matrix of :func:`napari_2dtm.geometry.euler_to_matrix`): atom ``r`` moves to
+   the RELION matrix of :func:`napari_2dtm.core.geometry.euler_to_matrix`): atom ``r`` moves to
    ``A @ (r - c)`` where ``c`` is the template's centre (``template_from_model(...,
    center="mass")``), so the template centre lands exactly on the particle position.
    Its projected potential (V*A) is computed *analytically*, independently of the search
@@ -13,7 +13,7 @@ Image model (see ``docs/templates.md``):
 2. Phase ``phi = sigma_e * V_proj`` (interaction constant at the CTF voltage), optional
    "ice" texture (low-pass filtered Gaussian noise) added to the phase.
 3. Weak-phase image contrast ``c = 2 * (CTF * phi)`` with ``CTF = -sin(chi)`` of
-   :func:`napari_2dtm.ctf.ctf_2d` (particles dark in under-focus; a template filtered by
+   :func:`napari_2dtm.core.ctf.ctf_2d` (particles dark in under-focus; a template filtered by
    the same CTF correlates positively). The CTF is applied in Fourier space on a canvas
    padded by the CTF delocalisation, so nothing wraps around the image edges.
 4. Intensity ``I = t(x) * (1 + c)`` with an optional linear transmission gradient ``t``.
@@ -35,10 +35,10 @@ from scipy import fft as sfft
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from .ctf import CTFParams, ctf_2d, wavelength_a
-from .errors import InputError
-from .geometry import euler_to_matrix, matrix_to_euler, rotate_about_random_axes
-from .model import (
+from napari_2dtm.core.ctf import CTFParams, ctf_2d, wavelength_a
+from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler, rotate_about_random_axes
+from napari_2dtm.errors import InputError
+from napari_2dtm.templates.model import (
     DEFAULT_BFACTOR_A2,
     VOLT_A2,
     _atom_radius_a,
@@ -47,7 +47,7 @@ from .model import (
     template_from_model,
     write_template_mrc,
 )
-from .template import Template
+from napari_2dtm.templates.template import Template
 
 __all__ = [
     "SimulationResult",
@@ -600,7 +600,7 @@ def write_simulation(
     atomically; existing files are never replaced unless ``overwrite`` (checked for all
     files before anything is written). Returns ``{role: Path}``.
     """
-    from .io import atomic_write_text, write_mrc
+    from napari_2dtm.io.mrc import atomic_write_text, write_mrc
 
     out = Path(out)
     if out.suffix.lower() == ".mrc":

@@ -1,6 +1,6 @@
 """The "2DTM Classify" dock widget: in situ classification of hits with several templates.
 
-A thin shell over :mod:`napari_2dtm.classify` (the API ``napari-2dtm classify`` uses):
+A thin shell over :mod:`napari_2dtm.classify.mixture` (the API ``napari-2dtm classify`` uses):
 it gathers a hits points layer (features x, y, phi, theta, psi, defocus), the
 micrograph layer, a table of templates (map or model file, atom selection, prior) with a
 reference, the local grid and a confidence; runs scoring and the mixture fit in a worker
@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._jobs import one_line
+from napari_2dtm.jobs.search import one_line
 
 if TYPE_CHECKING:
     import napari
@@ -70,7 +70,7 @@ def _hits_table(layer) -> pd.DataFrame:
 
 def _job(inputs: dict, cancel: threading.Event, emit):
     """Worker body (no Qt): templates, scores, fit, job folder. None when cancelled."""
-    from ..classify import (
+    from napari_2dtm.classify.mixture import (
         ClassificationCancelled,
         check_templates,
         classify_scores,
@@ -78,13 +78,13 @@ def _job(inputs: dict, cancel: threading.Event, emit):
         score_hits,
         write_classification,
     )
-    from ..ctf import CTFParams
+    from napari_2dtm.core.ctf import CTFParams
 
     try:
         result = None
         folder = inputs.get("results_folder")
         if folder and Path(folder, "search.json").exists():
-            from ..results import read_results
+            from napari_2dtm.search.results import read_results
 
             result = read_results(folder)
         ctf = inputs["ctf"]
@@ -138,7 +138,7 @@ class FeaturePlot(QWidget):
         self.ax = None
 
     def show_result(self, res, confidence: float):
-        from ..classify import draw_features
+        from napari_2dtm.classify.mixture import draw_features
 
         self.figure.clear()
         ax = self.figure.add_subplot(111, facecolor="#262930")
@@ -165,7 +165,7 @@ class ClassifyWidget(QWidget):
     Signals ``job_started``, ``progress_shown((stage, done, total))`` and
     ``job_finished(str)`` (``"done"``, ``"cancelled"`` or ``"error"``) let tests and
     other widgets follow. After a job, ``result`` is the
-    :class:`~napari_2dtm.classify.ClassificationResult`, ``classes_layer`` the points.
+    :class:`~napari_2dtm.classify.mixture.ClassificationResult`, ``classes_layer`` the points.
     """
 
     job_started = Signal()
@@ -360,7 +360,7 @@ class ClassifyWidget(QWidget):
     def add_template(self, path, selection: str = "", name: str | None = None,
                      prior: float | None = None):
         """Append a template row (file, atom selection, name, prior for fixed priors)."""
-        from ..classify import _default_name
+        from napari_2dtm.classify.mixture import _default_name
 
         r = self.templates.rowCount()
         self.templates.blockSignals(True)
@@ -409,7 +409,7 @@ class ClassifyWidget(QWidget):
 
     def template_rows(self) -> dict:
         """Files, selections, names, reference and fixed priors from the table."""
-        from ..errors import InputError
+        from napari_2dtm.errors import InputError
 
         n = self.templates.rowCount()
         if n < 2:
@@ -497,7 +497,7 @@ class ClassifyWidget(QWidget):
 
     # ------------------------------------------------------------- parameters
     def _inputs(self) -> dict:
-        from ..errors import InputError
+        from napari_2dtm.errors import InputError
 
         layer = self.hits_layer()
         if layer is None:
@@ -616,7 +616,7 @@ class ClassifyWidget(QWidget):
     def _class_colors(self, res, confidence: float) -> np.ndarray:
         from matplotlib.colors import to_rgba
 
-        from ..classify import CLASS_COLORS, UNASSIGNED_COLOR
+        from napari_2dtm.classify.mixture import CLASS_COLORS, UNASSIGNED_COLOR
 
         best = res.assign(0.0)
         palette = [to_rgba(CLASS_COLORS[i % len(CLASS_COLORS)]) for i in range(len(res.names))]
@@ -661,7 +661,7 @@ class ClassifyWidget(QWidget):
         self.plot.show_result(res, conf)
 
     def _show_counts(self, conf: float):
-        from ..classify import CLASS_COLORS
+        from napari_2dtm.classify.mixture import CLASS_COLORS
 
         res = self.result
         parts = []
@@ -676,7 +676,7 @@ class ClassifyWidget(QWidget):
 
     def export_stars(self, folder, overwrite: bool = False) -> list[Path]:
         """Write ``class_<k>_<name>.star`` at the current threshold into ``folder``."""
-        from ..classify import write_class_stars
+        from napari_2dtm.classify.mixture import write_class_stars
 
         info = self._layer_info
         return write_class_stars(self.result, folder, float(self.confidence.value()),

@@ -1,7 +1,7 @@
 """Views of the Hits widget: the hits table model, the histogram and the inspection panel.
 
-Qt and matplotlib only; they draw what :class:`napari_2dtm.review.Review` and
-:class:`napari_2dtm.inspect.HitInspector` compute and hold no review state themselves.
+Qt and matplotlib only; they draw what :class:`napari_2dtm.hits.review.Review` and
+:class:`napari_2dtm.hits.inspection.HitInspector` compute and hold no review state themselves.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
 from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from ..review import METRICS, STATUSES
+from napari_2dtm.hits.review import METRICS, STATUSES
 
 #: border colour of a point per status (RGBA)
 STATUS_RGBA = {

@@ -1,7 +1,7 @@
 """The "2DTM Hits" dock widget: threshold, table, histogram, inspection, curation, export.
 
-A thin shell over :class:`napari_2dtm.review.Review` (candidates, thresholds, expected
-false positives, decisions, saving, export) and :class:`napari_2dtm.inspect.HitInspector`
+A thin shell over :class:`napari_2dtm.hits.review.Review` (candidates, thresholds, expected
+false positives, decisions, saving, export) and :class:`napari_2dtm.hits.inspection.HitInspector`
 (box beside the template at the hit's pose). It docks itself when a search finishes
 (:func:`review_hits`, called by the Search widget) or a results folder is opened
 (:func:`dock_after_open`, scheduled by the reader).
@@ -50,9 +50,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..review import MAX_CANDIDATES, METRICS, Review, available_metrics, sample_mask
+from napari_2dtm.hits.review import MAX_CANDIDATES, METRICS, Review, available_metrics, sample_mask
+from napari_2dtm.jobs.search import one_line
+
 from ._hits_views import STATUS_RGBA, HistogramPlot, HitsTableModel, InspectionPanel
-from ._jobs import one_line
 from ._layers import hit_marker_size_px
 
 if TYPE_CHECKING:
@@ -521,7 +522,7 @@ class HitsWidget(QWidget):
             self.set_threshold(self.review.set_threshold_for(n_false_positives))
 
     def _set_fixed(self):
-        from ..pvalue import FIXED_THRESHOLD
+        from napari_2dtm.search.pvalue import FIXED_THRESHOLD
 
         self.set_threshold(FIXED_THRESHOLD)
 
@@ -681,7 +682,7 @@ class HitsWidget(QWidget):
 
     # ------------------------------------------------------------- inspection
     def _micrograph(self):
-        from ..io import read_micrograph
+        from napari_2dtm.io.mrc import read_micrograph
 
         rv = self.review
         name = self.micrograph_name
@@ -698,8 +699,8 @@ class HitsWidget(QWidget):
     def _find_template(self):
         from napari.layers import Image
 
-        from ..inspect import template_for_result
-        from ..template import Template
+        from napari_2dtm.hits.inspection import template_for_result
+        from napari_2dtm.templates.template import Template
 
         if self._template is not None:
             return self._template
@@ -719,7 +720,7 @@ class HitsWidget(QWidget):
             raise first
 
     def _get_inspector(self):
-        from ..inspect import HitInspector
+        from napari_2dtm.hits.inspection import HitInspector
 
         if self.inspector is None and self._inspector_error is None:
             try:
@@ -931,7 +932,7 @@ def dock_after_open(folder, hits_layer_name: str) -> None:
 
 def _live_neg_log_p(zscore, snr):
     """-ln p map of partial maps (None while the population is too small)."""
-    from ..pvalue import neg_log_p_map
+    from napari_2dtm.search.pvalue import neg_log_p_map
 
     try:
         return neg_log_p_map(zscore, snr, mask=zscore != 0)
@@ -958,7 +959,7 @@ class LiveNegLogP:
         self.n_shown = 0
 
     def update(self, progress):
-        from ..review import pvalue_available
+        from napari_2dtm.hits.review import pvalue_available
 
         if not pvalue_available():
             return

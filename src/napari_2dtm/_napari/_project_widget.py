@@ -12,7 +12,7 @@ is docked. Fewer layers make switching images fast (napari pays per layer remove
 Keys: ``Page Down`` / ``Page Up`` open the next / previous finished micrograph (in the
 viewer and in this panel); in the table, arrows move and ``Enter`` opens.
 
-The widget only reads folders (:func:`napari_2dtm.batch.batch_status`); while some
+The widget only reads folders (:func:`napari_2dtm.jobs.batch.batch_status`); while some
 micrographs are not finished it re-reads the folder every few seconds, so a running
 batch can be followed.
 """
@@ -45,8 +45,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..batch import batch_status
-from ._jobs import one_line
+from napari_2dtm.jobs.batch import batch_status
+from napari_2dtm.jobs.search import one_line
 
 if TYPE_CHECKING:
     import napari

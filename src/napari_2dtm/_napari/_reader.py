@@ -111,7 +111,7 @@ def _mrc_info(path: Path) -> dict | None:
 
 
 def _mrc_layer(path: Path, info: dict):
-    from ..io import read_mrc
+    from napari_2dtm.io.mrc import read_mrc
 
     data, px = read_mrc(path)
     name = path.stem
@@ -186,8 +186,8 @@ def _micrograph_path(folder: Path, metadata: dict) -> Path | None:
 
 def results_layers(folder: str | Path) -> list:
     """Layers for a results folder: the micrograph (if its file is found), maps, hits."""
-    from .. import read_results
-    from ..io import read_micrograph
+    from napari_2dtm import read_results
+    from napari_2dtm.io.mrc import read_micrograph
 
     folder = Path(folder)
     res = read_results(folder)

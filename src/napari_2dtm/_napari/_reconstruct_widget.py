@@ -1,6 +1,6 @@
 """The "2DTM Reconstruct" dock widget: from reviewed hits to a 3D map, FSC and bias check.
 
-A thin shell over :func:`napari_2dtm.reconstruct_job.run_job`, the job that
+A thin shell over :func:`napari_2dtm.jobs.reconstruct.run_job`, the job that
 ``napari-2dtm reconstruct`` runs: it gathers the hits (a points layer whose features
 are the hits table: the search's ``hits [...]`` layer or the Hits widget's review
 layer, accepted hits when any, else those shown and not rejected), the micrograph
@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._jobs import one_line
+from napari_2dtm.jobs.search import one_line
 
 if TYPE_CHECKING:
     import napari
@@ -71,9 +71,9 @@ def hits_from_layer(layer) -> pd.DataFrame:
 
 def _job(inputs: dict, cancel: threading.Event, emit):
     """Worker body (no Qt): build the inputs, run the job; None when cancelled."""
-    from ..ctf import CTFParams
-    from ..reconstruct_job import JobCancelled, MicrographInput, run_job
-    from ..results import read_results
+    from napari_2dtm.core.ctf import CTFParams
+    from napari_2dtm.jobs.reconstruct import JobCancelled, MicrographInput, run_job
+    from napari_2dtm.search.results import read_results
 
     try:
         result = None
@@ -84,7 +84,7 @@ def _job(inputs: dict, cancel: threading.Event, emit):
         if template is None:
             if result is None:
                 raise ReconstructError("no template: choose a map or model file")
-            from ..inspect import template_for_result
+            from napari_2dtm.hits.inspection import template_for_result
 
             template = template_for_result(result)
         ctf = inputs["ctf"]
@@ -122,7 +122,7 @@ class FSCPlot(QWidget):
         self.ax = None
 
     def show_result(self, job_result):
-        from ..reconstruct_job import draw_fsc
+        from napari_2dtm.jobs.reconstruct import draw_fsc
 
         self.figure.clear()
         ax = self.figure.add_subplot(111, facecolor="#262930")
@@ -360,8 +360,8 @@ class ReconstructWidget(QWidget):
 
     # ------------------------------------------------------------- parameters
     def settings(self):
-        from ..reconstruct_job import JobSettings
-        from ..refine import RefineStage
+        from napari_2dtm.hits.refine import RefineStage
+        from napari_2dtm.jobs.reconstruct import JobSettings
 
         mode = REFINE_MODES[self.refine_mode.currentText()]
         stages = (RefineStage(2.5, 1.25, 1.5, 0.75),) if mode == "quick" else None
@@ -371,7 +371,7 @@ class ReconstructWidget(QWidget):
                            mask=None if mask == "none" else mask)
 
     def _inputs(self) -> dict:
-        from ..errors import InputError
+        from napari_2dtm.errors import InputError
 
         layer = self.hits_layer()
         if layer is None:

@@ -51,8 +51,8 @@ LAMELLA = dict(
 
 def simulate_sample(spec: dict):
     """Run the simulator for a sample spec; returns its ``SimulationResult``."""
-    from ..ctf import CTFParams
-    from ..simulate import simulate_micrograph
+    from napari_2dtm.core.ctf import CTFParams
+    from napari_2dtm.simulate import simulate_micrograph
 
     kwargs = {
         k: v for k, v in spec.items() if k not in ("name", "structures", "ctf", "search")

@@ -33,7 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._jobs import estimate_job, one_line, search_job
+from napari_2dtm.jobs.search import estimate_job, one_line, search_job
+
 from ._layers import full_limits, hits_layer_name, map_layer, result_layers
 
 if TYPE_CHECKING:
@@ -382,7 +383,7 @@ class SearchWidget(QWidget):
         self._schedule_estimate()
 
     def ctf_params(self):
-        from .. import CTFParams
+        from napari_2dtm import CTFParams
 
         return CTFParams(
             defocus1_a=self.defocus1.value(),
@@ -396,7 +397,7 @@ class SearchWidget(QWidget):
 
     def search_config(self, **overrides):
         """The :class:`~napari_2dtm.SearchConfig` the fields describe."""
-        from .. import SearchConfig
+        from napari_2dtm import SearchConfig
 
         kwargs = dict(
             ctf=self.ctf_params(),
@@ -415,8 +416,8 @@ class SearchWidget(QWidget):
 
     def _inputs(self):
         """``(image, pixel_size_a, template, micrograph_path)``; raises InputError."""
-        from .. import load_template
-        from ..errors import InputError
+        from napari_2dtm import load_template
+        from napari_2dtm.errors import InputError
 
         layer = self.micrograph_layer()
         if layer is None:
@@ -493,7 +494,7 @@ class SearchWidget(QWidget):
             pass
 
     def _show_device(self, *_):
-        from .. import gpu_info
+        from napari_2dtm import gpu_info
 
         info = gpu_info()
         if info.get("available"):
@@ -532,7 +533,7 @@ class SearchWidget(QWidget):
 
     def load_ctffind(self, path):
         """Fill the CTF fields from a CTFFIND4/5 output file."""
-        from .. import read_ctffind
+        from napari_2dtm import read_ctffind
 
         try:
             ctf, ctf_px = read_ctffind(path)
@@ -579,7 +580,7 @@ class SearchWidget(QWidget):
         self.n_updates = 0
         job, extra = search_job, {}
         if self.teaching.isChecked():
-            from ._teaching import TeachingView, teaching_job, truth_table
+            from ._teaching_widget import TeachingView, teaching_job, truth_table
 
             self._teaching_view = TeachingView(self.viewer, self._mic_name)
             job = teaching_job
@@ -694,7 +695,7 @@ class SearchWidget(QWidget):
         review_when_finished(self, hits_layer_name(self._mic_name), result, folder)
 
     def _on_errored(self, exc):
-        from ..errors import SearchCancelled
+        from napari_2dtm.errors import SearchCancelled
 
         if isinstance(exc, SearchCancelled) or self._cancel_requested:
             self._on_aborted()

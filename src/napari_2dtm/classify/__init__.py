@@ -1,0 +1,1 @@
+"""In situ classification: template sets, scoring hits against each, the Gaussian mixture, results and their folder."""

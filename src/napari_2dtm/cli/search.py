@@ -1,0 +1,209 @@
+"""``napari-2dtm search``: one micrograph, one template, results folder."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from napari_2dtm.core.ctf import CTFParams, read_ctffind
+from napari_2dtm.errors import InputError, SearchCancelled
+from napari_2dtm.io.mrc import read_micrograph
+from napari_2dtm.search.checkpoint import checkpoint_path_for, read_state
+from napari_2dtm.search.engine import Search, SearchConfig
+from napari_2dtm.search.results import write_results
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``search`` and ``batch``."""
+    g = p.add_argument_group("template")
+    g.add_argument("--template", "-t", required=True,
+                   help="3D map (.mrc/.map) or atomic model (.pdb/.cif[.gz]) to search for")
+    g.add_argument("--template-pixel-size", type=float, default=None, metavar="A",
+                   help="template voxel size in Angstrom (default: from the MRC header)")
+    g.add_argument("--bfactor", type=float, default=None, metavar="A2",
+                   help="B-factor (A^2) added to all atoms when the template is a model")
+    c = p.add_argument_group("CTF (cisTEM/RELION convention; positive defocus = underfocus)")
+    c.add_argument("--ctffind", type=Path, default=None, metavar="FILE",
+                   help="CTFFIND4/5 output .txt: defoci, astigmatism, phase shift, kV, Cs, AC")
+    c.add_argument("--defocus1", type=float, default=10000.0, metavar="A", help="defocus 1 in A (default 10000)")
+    c.add_argument("--defocus2", type=float, default=None, metavar="A", help="defocus 2 in A (default = defocus 1)")
+    c.add_argument("--astigmatism-angle", type=float, default=0.0, metavar="DEG", help="astigmatism azimuth in degrees")
+    c.add_argument("--voltage", type=float, default=300.0, metavar="KV", help="acceleration voltage in kV (300)")
+    c.add_argument("--cs", type=float, default=2.7, metavar="MM", help="spherical aberration in mm (2.7)")
+    c.add_argument("--amplitude-contrast", type=float, default=0.07, metavar="FRAC", help="amplitude contrast (0.07)")
+    c.add_argument("--phase-shift", type=float, default=0.0, metavar="DEG", help="additional phase shift in degrees")
+    s = p.add_argument_group("search space")
+    s.add_argument("--out-of-plane-step", type=float, default=2.5, metavar="DEG", help="theta/phi step in degrees (2.5)")
+    s.add_argument("--in-plane-step", type=float, default=1.5, metavar="DEG", help="psi step in degrees (1.5)")
+    s.add_argument("--symmetry", default="C1", help="template symmetry: C1, Cn, Dn, T, O, I (C1)")
+    s.add_argument("--defocus-range", type=float, default=0.0, metavar="A",
+                   help="search defocus offsets -R..+R in A (0 = no defocus search)")
+    s.add_argument("--defocus-step", type=float, default=200.0, metavar="A", help="defocus step in A (200)")
+    s.add_argument("--pixel-size-range", type=float, default=0.0, metavar="A", help="pixel-size offsets -R..+R in A (0 = off)")
+    s.add_argument("--pixel-size-step", type=float, default=0.01, metavar="A", help="pixel-size step in A (0.01)")
+    s.add_argument("--high-res-limit", type=float, default=None, metavar="A",
+                   help="search resolution limit in A: Fourier-crops image and template to "
+                        "pixel = limit/2 (the main speed lever; default: full resolution)")
+    d = p.add_argument_group("detection and compute")
+    d.add_argument("--n-false-positives", type=float, default=1.0, metavar="N",
+                   help="expected false positives per micrograph for the threshold (1)")
+    d.add_argument("--peak-radius", type=float, default=None, metavar="PX",
+                   help="minimum distance between hits in search pixels "
+                        "(default: 0.7 x the template's particle radius)")
+    d.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="compute device (auto)")
+    d.add_argument("--batch-size", type=int, default=None, metavar="N", help="orientations per batch (auto)")
+    d.add_argument("--checkpoint-interval", type=float, default=300.0, metavar="S",
+                   help="save partial results every S seconds beside the results folder "
+                        "(OUT.checkpoint.npz), so an interrupted search can be resumed; 0 = off")
+    d.add_argument("--pixel-size", type=float, default=None, metavar="A",
+                   help="micrograph pixel size in A (default: from the MRC header)")
+
+
+def config_from_args(args) -> tuple[SearchConfig, float | None]:
+    px_from_ctffind = None
+    if args.ctffind is not None:
+        ctf, px_from_ctffind = read_ctffind(args.ctffind)
+    else:
+        ctf = CTFParams(defocus1_a=args.defocus1, defocus2_a=args.defocus2,
+                        astigmatism_angle_deg=args.astigmatism_angle, voltage_kv=args.voltage,
+                        cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
+                        phase_shift_deg=args.phase_shift)
+    cfg = SearchConfig(
+        ctf=ctf, out_of_plane_step_deg=args.out_of_plane_step, in_plane_step_deg=args.in_plane_step,
+        symmetry=args.symmetry, defocus_range_a=args.defocus_range, defocus_step_a=args.defocus_step,
+        pixel_size_range_a=args.pixel_size_range, pixel_size_step_a=args.pixel_size_step,
+        high_res_limit_a=args.high_res_limit, n_false_positives=args.n_false_positives,
+        peak_radius_px=args.peak_radius, device=args.device, batch_size=args.batch_size,
+        checkpoint_interval_s=getattr(args, "checkpoint_interval", 300.0),
+    )
+    return cfg, px_from_ctffind
+
+
+def template_kwargs(args) -> dict:
+    kw = {}
+    if args.bfactor is not None:
+        kw["bfactor_a2"] = args.bfactor
+    return kw
+
+
+def _progress_line(p) -> str:
+    width = 30
+    k = int(round(p.fraction * width))
+    eta = "--" if p.eta_s == float("inf") else time.strftime("%H:%M:%S", time.gmtime(p.eta_s))
+    return (f"\r[{'#' * k}{'.' * (width - k)}] {100 * p.fraction:5.1f}%  "
+            f"{p.orientations_per_s:8.1f} orient/s  ETA {eta}  max z {p.zscore.max():5.2f}")
+
+
+@contextlib.contextmanager
+def stop_on_signals(search):
+    """Ctrl-C / SIGTERM (e.g. a batch system's time limit) cancel the search at the next
+    batch boundary, where its checkpoint is consistent, instead of killing it mid-batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    old = {sg: signal.getsignal(sg) for sg in sigs}
+    for sg in sigs:
+        signal.signal(sg, lambda *_: search.cancel())
+    try:
+        yield
+    finally:
+        for sg, h in old.items():
+            signal.signal(sg, h)
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out}: results folder exists; use --overwrite to replace it")
+    ckpt = checkpoint_path_for(out)
+    if ckpt.exists() and not args.resume:
+        if not args.overwrite:
+            raise InputError(f"{ckpt}: an interrupted search left this checkpoint; add --resume "
+                             "to continue it, or --overwrite to start over")
+        ckpt.unlink()
+    if args.resume and not ckpt.exists():
+        print(f"no checkpoint {ckpt}: starting from the beginning", file=sys.stderr)
+    cfg, px_ctf = config_from_args(args)
+    image, px = read_micrograph(args.micrograph, args.pixel_size or px_ctf)
+    tpl = args.template
+    if args.template_pixel_size is not None:
+        from napari_2dtm.templates.template import load_template  # noqa: PLC0415
+
+        tpl = load_template(tpl, pixel_size_a=args.template_pixel_size)
+    use_ckpt = args.checkpoint_interval > 0 or (args.resume and ckpt.exists())
+    s = Search(image, px, tpl, cfg, template_kwargs=template_kwargs(args),
+               checkpoint=ckpt if use_ckpt else None, micrograph_path=args.micrograph)
+    print(f"{args.micrograph}: {image.shape[1]} x {image.shape[0]} px at {px:.3f} A; search at "
+          f"{s.pixel_size_a:.3f} A, {s.n_orientations} orientations x {s.n_planes} planes = "
+          f"{s.n_cc_total} cross-correlations on {s.backend.name}", file=sys.stderr)
+    if args.resume and ckpt.exists():
+        done = read_state(ckpt)["n_cc"] / max(1, s.n_cc_total)
+        print(f"resuming from {ckpt}: {100 * done:.1f}% done", file=sys.stderr)
+    tty = sys.stderr.isatty()
+    try:
+        with stop_on_signals(s):
+            for p in s.run():
+                if tty or p.done:
+                    print(_progress_line(p), end="" if not p.done else "\n", file=sys.stderr,
+                          flush=True)
+    except SearchCancelled:
+        where = f"; progress saved in {ckpt}, continue with --resume" if use_ckpt else ""
+        print(f"\nsearch interrupted{where}", file=sys.stderr)
+        return 130
+    res = s.result
+    metric, thr = _detect(res, args, cfg)
+    write_results(res, out, overwrite=args.overwrite, micrograph_path=args.micrograph)
+    s.remove_checkpoint()
+    print(f"{len(res.hits)} hits with {metric} >= {thr:.2f}; results in {out}", file=sys.stderr)
+    return 0
+
+
+def _detect(res, args, cfg) -> tuple[str, float]:
+    """Add the -ln p map (and column) and re-extract the hits with ``--metric``."""
+    from napari_2dtm.search.detect import extract_hits  # noqa: PLC0415
+    from napari_2dtm.search.pvalue import add_neg_log_p  # noqa: PLC0415
+
+    metric = getattr(args, "metric", "zscore")
+    thr = getattr(args, "threshold", None)
+    try:
+        fit = add_neg_log_p(res)
+    except ValueError as e:  # too few local maxima in a tiny image
+        if metric == "neg_log_p":
+            raise InputError(f"{args.micrograph}: no 2DTM p-value: {e}") from None
+        fit = None
+    if thr is None:
+        thr = fit.threshold(cfg.n_false_positives) if metric == "neg_log_p" else res.threshold
+    res.hits = extract_hits(res, metric=metric, threshold=thr, ctf=cfg.ctf)
+    res.metadata["hits_metric"] = metric
+    res.metadata["hits_threshold"] = float(thr)
+    return metric, float(thr)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "search", help="full-orientation 2DTM search of one micrograph",
+        description="Search a micrograph for a template over all orientations and defocus "
+                    "planes; write MIP, z-score, SNR and angle maps, hits.star/.csv and search.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("micrograph", type=Path, help="2D micrograph (MRC)")
+    add_search_options(p)
+    p.add_argument("--out", "-o", required=True, type=Path, help="results folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search from OUT.checkpoint.npz (same micrograph, "
+                        "template and search settings; refused otherwise)")
+    p.add_argument("--metric", choices=["zscore", "snr", "neg_log_p"], default="zscore",
+                   help="detection metric of the hits; neg_log_p = 2DTM p-value (Zhang et al. 2025) "
+                        "over the local maxima of the z-score")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="detection threshold (default: z-score/SNR false-alarm threshold for "
+                        "--n-false-positives; for neg_log_p t = ln(N_population / N_fp); "
+                        "the authors' fixed cutoff is 8)")
+    p.set_defaults(func=run)

@@ -1,0 +1,1 @@
+"""Working on hits: local scoring, pose refinement, inspection and the review model."""

@@ -1,0 +1,1 @@
+"""Qt-free jobs, one protocol: ``progress`` callback, ``threading.Event`` cancel, ``errors.Cancelled`` / ``InputError``; each returns its result and its folder. The CLI, batch, demo and widgets all call these."""

@@ -1,0 +1,1 @@
+"""Small-complex reconstruction: particle extraction, direct Fourier insertion, FSC and template bias."""

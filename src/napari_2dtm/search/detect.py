@@ -1,0 +1,128 @@
+"""False-alarm threshold and peak extraction.
+
+Rickgauer et al. (2017): under noise each of ``N_trials`` cross-correlations is N(0, 1);
+the threshold with ``N_fp`` expected false positives is
+``theta = sqrt(2) * erfcinv(2 * N_fp / N_trials)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from scipy.special import erfc, erfcinv
+
+__all__ = ["false_alarm_threshold", "expected_false_positives", "find_peaks", "extract_hits"]
+
+HIT_COLUMNS = ["x", "y", "phi", "theta", "psi", "defocus_a", "zscore", "snr", "mip"]
+
+
+def false_alarm_threshold(n_trials: float, n_false_positives: float = 1.0) -> float:
+    """``sqrt(2) * erfcinv(2 * N_fp / N_trials)``."""
+    if n_trials <= 0:
+        raise ValueError("n_trials must be > 0")
+    return float(np.sqrt(2.0) * erfcinv(min(1.0, 2.0 * n_false_positives / n_trials)))
+
+
+def expected_false_positives(threshold, n_trials: float):
+    """Expected number of noise trials above ``threshold`` (Gaussian tail)."""
+    return n_trials * 0.5 * erfc(np.asarray(threshold, dtype=np.float64) / np.sqrt(2.0))
+
+
+def find_peaks(score: np.ndarray, threshold: float, radius_px: float = 10.0,
+               mask: np.ndarray | None = None, max_peaks: int | None = None) -> np.ndarray:
+    """Peaks of ``score`` above ``threshold``, at least ``radius_px`` apart.
+
+    Returns ``(n, 2)`` integer ``(row, col)`` sorted by decreasing score. Candidates are
+    local maxima within a disk (vectorised); the few survivors are then suppressed
+    greedily, strongest first, so two peaks are never closer than the radius.
+    """
+    s = np.asarray(score, dtype=np.float32)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    radius_px = max(float(radius_px), 1.0)
+    # A square inscribed in the disk gives a superset of the disk's local maxima with a
+    # separable (fast) filter; the greedy pass below enforces the exact disk radius.
+    half = max(1, int(np.floor(radius_px / np.sqrt(2.0))))
+    mx = ndimage.maximum_filter(s, size=2 * half + 1, mode="constant", cval=-np.inf)
+    cand = np.argwhere((s == mx) & (s >= threshold) & np.isfinite(s))
+    if len(cand) == 0:
+        return np.zeros((0, 2), int)
+    order = np.argsort(-s[cand[:, 0], cand[:, 1]], kind="stable")
+    cand = cand[order]
+    tree = cKDTree(cand)
+    keep = np.ones(len(cand), bool)
+    for i in range(len(cand)):
+        if not keep[i]:
+            continue
+        for j in tree.query_ball_point(cand[i], radius_px - 1e-9):
+            if j > i:
+                keep[j] = False
+    out = cand[keep]
+    return out[:max_peaks] if max_peaks else out
+
+
+def extract_hits(result, metric: str = "zscore", threshold: float | None = None,
+                 radius_px: float | None = None, mask: np.ndarray | None = None,
+                 ctf=None) -> pd.DataFrame:
+    """Hits table from a :class:`~napari_2dtm.search.engine.SearchResult`.
+
+    metric: a map name (``zscore``, ``snr``, ``mip``, or ``neg_log_p`` when present, see
+    :func:`napari_2dtm.search.pvalue.add_neg_log_p`: hits are then taken from the p-value's
+    population only; compute it with the same ``mask`` as here);
+    threshold defaults to the false-alarm threshold of the search (for ``neg_log_p``:
+    ``t = ln(N_population / N_fp)``, N_fp from the config); radius_px (search
+    pixels) to the config's peak radius; mask: boolean map (True = allowed).
+    Columns: x, y (input-micrograph pixels), phi, theta, psi (deg), defocus_a, zscore,
+    snr, mip, plus defocus1_a, defocus2_a, astigmatism_angle_deg and x_search/y_search.
+    """
+    maps = result.maps
+    if metric not in maps:
+        raise ValueError(f"no map {metric!r} in the result (have {sorted(maps)})")
+    thr = result.threshold if threshold is None else float(threshold)
+    if radius_px is None:
+        radius_px = (result.metadata.get("peak_radius_px")
+                     or result.metadata.get("config", {}).get("peak_radius_px") or 10.0)
+    valid = result.valid_mask
+    m = valid if mask is None else (mask if valid is None else (mask & valid))
+    if metric == "neg_log_p":
+        # -ln p is a calibrated p-value only on its ranked population (local maxima of
+        # the z-score by default); other pixels of the map are a display interpolation.
+        from .pvalue import pvalue_threshold, result_population_mask  # noqa: PLC0415
+
+        pop = result_population_mask(result, mask)
+        if pop is not None:
+            m = pop
+            if threshold is None:
+                n_fp = result.metadata.get("config", {}).get("n_false_positives", 1.0)
+                thr = pvalue_threshold(max(int(pop.sum()), 1), n_fp)
+    pk = find_peaks(maps[metric], thr, radius_px, mask=m)
+    rows, cols = pk[:, 0], pk[:, 1]
+    scale = result.pixel_size_a / result.input_pixel_size_a
+    df = pd.DataFrame({
+        "x": cols * scale,
+        "y": rows * scale,
+        "phi": maps["phi"][rows, cols].astype(np.float64),
+        "theta": maps["theta"][rows, cols].astype(np.float64),
+        "psi": maps["psi"][rows, cols].astype(np.float64),
+        "defocus_a": maps["defocus"][rows, cols].astype(np.float64),
+    })
+    for name in ("zscore", "snr", "mip", "neg_log_p"):
+        if name in maps:
+            df[name] = maps[name][rows, cols].astype(np.float64)
+    if "pixel_size" in maps:
+        df["pixel_size_a"] = maps["pixel_size"][rows, cols].astype(np.float64)
+    off = maps["defocus_offset"][rows, cols].astype(np.float64)
+    if ctf is None:
+        c = result.metadata.get("config", {}).get("ctf", {})
+        d1, d2, ang = c.get("defocus1_a", np.nan), c.get("defocus2_a", np.nan), c.get(
+            "astigmatism_angle_deg", 0.0)
+    else:
+        d1, d2, ang = ctf.defocus1_a, ctf.defocus2_a, ctf.astigmatism_angle_deg
+    df["defocus1_a"] = d1 + off
+    df["defocus2_a"] = d2 + off
+    df["astigmatism_angle_deg"] = ang
+    df["x_search"] = cols
+    df["y_search"] = rows
+    return df.reset_index(drop=True)
