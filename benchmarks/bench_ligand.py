@@ -33,7 +33,7 @@ STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structur
 def main() -> int:
     from napari_2dtm import CTFParams, Search, SearchConfig, extract_hits
     from napari_2dtm.core.geometry import angular_distance_deg, euler_to_matrix, local_grid
-    from napari_2dtm.jobs.reconstruct import JobSettings, MicrographInput, run_job
+    from napari_2dtm.jobs.reconstruct import JobSettings, MicrographInput, run_reconstruct
     from napari_2dtm.simulate import perturbed_hits, simulate_micrograph
     from napari_2dtm.templates.model import template_from_model
 
@@ -90,8 +90,8 @@ def main() -> int:
             print(f"  [{100 * p.fraction:3.0f}%] {p.message}", flush=True)
 
     t1 = time.perf_counter()
-    res = run_job(mics, full, out_dir, JobSettings(box=a.box, stages=stages), omit_template=omit,
-                  overwrite=True, progress=progress)
+    res, _ = run_reconstruct(mics, full, out_dir, JobSettings(box=a.box, stages=stages),
+                             omit_template=omit, overwrite=True, progress=progress)
     job_s = time.perf_counter() - t1
     s = res.summary
     refined = pd.read_csv(res.folder / "omit_refined_hits.csv")

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _planting import match, structure  # noqa: E402
+from helpers.planting import match, structure  # noqa: E402
 from napari_2dtm import CTFParams, SearchConfig, add_neg_log_p, extract_hits, search  # noqa: E402
 from napari_2dtm.simulate import simulate_micrograph  # noqa: E402
 

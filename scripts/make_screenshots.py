@@ -317,7 +317,7 @@ def classification_screenshot(png: Path, work_dir: Path) -> int:
     from napari_2dtm import CTFParams
     from napari_2dtm._napari._demo import _new_viewer
     from napari_2dtm._napari._layers import micrograph_layer, points_layer
-    from napari_2dtm.classify.mixture import load_template_set
+    from napari_2dtm.classify.templates import load_template_set
     from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler
     from napari_2dtm.simulate import simulate_micrograph
 

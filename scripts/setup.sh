@@ -35,7 +35,7 @@ fi
 stamp=.setup-stamp
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(pwd) $(command -v "$PY")"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$PY" -c "import napari_2dtm, napari, npe2, pytestqt, ruff, mkdocs, material, mkdocstrings_handlers.python" >/dev/null 2>&1 \
+   && "$PY" -c "import napari_2dtm, napari, npe2, pytestqt, ruff, importlinter, mkdocs, material, mkdocstrings_handlers.python" >/dev/null 2>&1 \
    && "$PY" -c "import sys, napari_2dtm; sys.exit(not napari_2dtm.__file__.startswith('$(pwd)/'))" 2>/dev/null; then
   # installed, and from this checkout (not another clone's editable install)
   exit 0

@@ -20,7 +20,8 @@ from napari_2dtm.simulate import (
     simulate_micrograph,
     write_simulation,
 )
-from napari_2dtm.templates.model import _filter_atoms, read_atoms, template_from_model
+from napari_2dtm.templates.atoms import _filter_atoms, read_atoms
+from napari_2dtm.templates.model import template_from_model
 
 
 def _rotated_template_projection(vol: np.ndarray, a: np.ndarray, px: float, order: int = 3) -> np.ndarray:

@@ -30,13 +30,14 @@ from napari_2dtm.search.checkpoint import (
     save_partial,
     shard_ranges,
 )
+from napari_2dtm.search.config import SearchConfig
 from napari_2dtm.search.detect import (
     expected_false_positives,
     extract_hits,
     false_alarm_threshold,
     find_peaks,
 )
-from napari_2dtm.search.engine import Search, SearchConfig, SearchProgress, SearchResult, search
+from napari_2dtm.search.engine import Search, SearchProgress, SearchResult, search
 from napari_2dtm.search.pvalue import (
     PValueFit,
     add_neg_log_p,
@@ -46,7 +47,8 @@ from napari_2dtm.search.pvalue import (
     pvalue_threshold,
 )
 from napari_2dtm.search.results import read_results, write_results
-from napari_2dtm.templates.template import Template, load_template
+from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.template import Template
 
 __all__ = [
     "CTFParams", "SearchConfig", "Search", "SearchProgress", "SearchResult", "search",

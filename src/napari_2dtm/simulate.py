@@ -1,3 +1,4 @@
+# size: one simulator, simulate_micrograph (~290 lines), whose steps share the local state of one image; splitting it would pass a dozen arrays between pieces.
 """Micrograph simulator with ground truth, for testing 2DTM searches.
 
 Image model (see ``docs/templates.md``):
@@ -38,12 +39,11 @@ from scipy.spatial.transform import Rotation
 from napari_2dtm.core.ctf import CTFParams, ctf_2d, wavelength_a
 from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler, rotate_about_random_axes
 from napari_2dtm.errors import InputError
+from napari_2dtm.templates.atoms import _filter_atoms, read_atoms
 from napari_2dtm.templates.model import (
     DEFAULT_BFACTOR_A2,
     VOLT_A2,
     _atom_radius_a,
-    _filter_atoms,
-    read_atoms,
     template_from_model,
     write_template_mrc,
 )

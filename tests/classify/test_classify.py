@@ -14,21 +14,22 @@ import pytest
 from scipy.stats import norm
 
 from helpers.planting import structure_file
+from napari_2dtm.classify.folder import read_classification, write_classification
 from napari_2dtm.classify.mixture import (
-    TemplateSet,
     assign_classes,
-    check_templates,
-    classify_scores,
     fit_mixture,
-    load_template_set,
     log_ratio_features,
     mixture_posteriors,
-    read_classification,
+)
+from napari_2dtm.classify.result import classify_scores
+from napari_2dtm.classify.templates import (
+    TemplateSet,
+    check_templates,
+    load_template_set,
     template_alignment,
-    write_classification,
 )
 from napari_2dtm.errors import InputError
-from napari_2dtm.search.results import read_hits
+from napari_2dtm.io.star import read_hits
 from napari_2dtm.templates.model import template_from_model
 from napari_2dtm.templates.template import Template
 

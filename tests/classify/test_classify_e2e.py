@@ -33,16 +33,14 @@ from helpers.classify_sim import (
     make_templates,
 )
 from napari_2dtm import SearchConfig, extract_hits, search, write_results
-from napari_2dtm.classify.mixture import (
-    check_templates,
-    classify_scores,
-    read_classification,
-    score_hits,
-)
+from napari_2dtm.classify.folder import read_classification
+from napari_2dtm.classify.result import classify_scores
+from napari_2dtm.classify.scoring import score_hits
+from napari_2dtm.classify.templates import check_templates
 from napari_2dtm.cli.main import main
 from napari_2dtm.core.geometry import matrix_to_euler
 from napari_2dtm.io.mrc import write_mrc
-from napari_2dtm.search.results import read_hits
+from napari_2dtm.io.star import read_hits
 from napari_2dtm.simulate import simulate_micrograph
 
 

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from helpers.planting import structure_file
 from napari_2dtm import CTFParams
-from napari_2dtm.classify.mixture import load_template_set
+from napari_2dtm.classify.templates import load_template_set
 from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler
 
 PX = 3.0  # A/px: b2m's 12 kDa is a low-resolution difference

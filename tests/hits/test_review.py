@@ -17,7 +17,7 @@ from scipy.special import erfc
 
 from helpers.review_data import copy_results, demo_results, noise_results
 from napari_2dtm.errors import InputError
-from napari_2dtm.hits.review import REVIEW_DIR, NoiseModel, Review, pvalue_available, sample_mask
+from napari_2dtm.hits.review import REVIEW_DIR, NoiseModel, Review, sample_mask
 from napari_2dtm.search.detect import false_alarm_threshold
 
 RELION_COLUMNS = ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAngleRot",
@@ -195,7 +195,6 @@ def test_export_star_reads_back_with_relion_names(tmp_path):
         review.export(tmp_path / "hits.txt")
 
 
-@pytest.mark.skipif(not pvalue_available(), reason="napari_2dtm.search.pvalue not installed")
 def test_neg_log_p_review_counts_and_export(tmp_path):
     folder = copy_results(tmp_path)
     review = Review.open(folder)

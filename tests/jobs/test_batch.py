@@ -22,7 +22,7 @@ from napari_2dtm.jobs.batch import (
     read_summary,
     run_batch,
 )
-from napari_2dtm.search.engine import SearchConfig
+from napari_2dtm.search.config import SearchConfig
 
 PX = 4.0
 DEFOCI = {"mic_a": 8000.0, "mic_b": 10000.0, "mic_c": 12500.0}
@@ -121,9 +121,10 @@ def test_batch_serial_then_dask_cluster_identical(project, tmp_path, capsys):
 
     # --- dask LocalCluster, 2 worker processes, each search split in 2 orientation shards ---
     dist = tmp_path / "dask"
-    summary = run_batch(find_micrographs([d / "mics"]), dist, d / "tpl.mrc", _cfg(),
+    summary, folder = run_batch(find_micrographs([d / "mics"]), dist, d / "tpl.mrc", _cfg(),
                         ctf=CTFSource(ctffind_dir=d / "ctf"), workers=2, threads_per_worker=1,
                         shards=2)
+    assert folder == dist
     assert list(summary["status"]) == ["done", "done", "failed", "done"]
     assert "not a readable MRC file" in summary.set_index("name").loc["mic_bad", "error"]
     for name in DEFOCI:
@@ -136,7 +137,7 @@ def test_batch_serial_then_dask_cluster_identical(project, tmp_path, capsys):
         assert not (dist / f".{name}.shards").exists()  # shard files merged and removed
 
     # --- run again: done ones skipped, the failed one stays failed until --retry-failed ---
-    again = run_batch(find_micrographs([d / "mics"]), dist, d / "tpl.mrc", _cfg(),
+    again, _ = run_batch(find_micrographs([d / "mics"]), dist, d / "tpl.mrc", _cfg(),
                       ctf=CTFSource(ctffind_dir=d / "ctf"))
     assert list(again["status"]) == ["skipped", "skipped", "failed", "skipped"]
     st = batch_status(dist)
@@ -144,7 +145,7 @@ def test_batch_serial_then_dask_cluster_identical(project, tmp_path, capsys):
     img, _ = plant(tpl, (160, 160), 2, CTFParams(defocus1_a=10000.0), 25.0, seed=99)
     write_mrc(d / "mics" / "mic_bad.mrc", img, PX)  # the file is fixed
     try:
-        fixed = run_batch(find_micrographs([d / "mics"]), dist, d / "tpl.mrc", _cfg(),
+        fixed, _ = run_batch(find_micrographs([d / "mics"]), dist, d / "tpl.mrc", _cfg(),
                           ctf=CTFSource(ctffind_dir=d / "ctf"), retry_failed=True)
     finally:
         (d / "mics" / "mic_bad.mrc").write_bytes(b"MRC? no: a truncated download\n" * 10)
@@ -153,3 +154,21 @@ def test_batch_serial_then_dask_cluster_identical(project, tmp_path, capsys):
     with pytest.raises(InputError, match="other settings"):
         run_batch(find_micrographs([d / "mics"]), dist, d / "tpl.mrc",
                   SearchConfig(out_of_plane_step_deg=15, in_plane_step_deg=20, device="cpu"))
+
+
+def test_cancelled_batch_raises_and_leaves_no_results(project, tmp_path):
+    import threading
+
+    from napari_2dtm.errors import Cancelled
+
+    d, *_ = project
+    cancel = threading.Event()
+    cancel.set()
+    rows = []
+    with pytest.raises(Cancelled):
+        run_batch(find_micrographs([d / "mics" / "mic_a.mrc"]), tmp_path / "b", d / "tpl.mrc",
+                  _cfg(), ctf=CTFSource(ctffind_dir=d / "ctf"), workers=0, progress=rows.append,
+                  cancel=cancel)
+    assert rows == []
+    assert not (tmp_path / "b" / "mic_a").exists()
+    assert list(read_summary(tmp_path / "b")["status"]) == []

@@ -24,10 +24,10 @@ from napari_2dtm.core.geometry import (
     euler_to_matrix,
     local_grid,
 )
-from napari_2dtm.errors import InputError
+from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits, stages_from
 from napari_2dtm.io.mrc import read_mrc, write_mrc
-from napari_2dtm.jobs.reconstruct import JobSettings, MicrographInput, run_job
+from napari_2dtm.jobs.reconstruct import JobSettings, MicrographInput, run_reconstruct
 from napari_2dtm.reconstruct.particles import (
     concat_particles,
     extract_particles,
@@ -184,8 +184,9 @@ def test_ligand_scenario(model, searched, tmp_path):
         mics.append(MicrographInput(sim.image, PX, ctf, perturbed_hits(sim.truth, 2.5, 1.0, 100.0, i),
                                     f"mic{i}.mrc"))
         truths.append(sim.truth)
-    out = run_job(mics, full, tmp_path / "job", JobSettings(box=BOX, stages=QUICK),
-                  omit_template=omit)
+    out, folder = run_reconstruct(mics, full, tmp_path / "job", JobSettings(box=BOX, stages=QUICK),
+                                  omit_template=omit)
+    assert folder == out.folder == tmp_path / "job"
     s = out.summary
     assert s["n_particles"] >= 90
     # refined poses: closer to the truth than the start (one 2.5 deg grid step)
@@ -263,3 +264,45 @@ def test_cli_from_a_hits_star_and_a_model(searched, model, tmp_path, capsys):
     assert meta["template"]["params"]["center"] == "model"
     parts = starfile.read(out / "particles.star", always_dict=True)["particles"]
     np.testing.assert_allclose(sorted(parts["rlnDefocusU"].unique()), [9000.0])
+
+
+def test_cancel_leaves_nothing_and_an_old_folder_intact(searched, model, tmp_path):
+    """A set cancel event stops refinement and the job with errors.Cancelled; the job folder
+    is written only through atomic_dir: no temporary left, an existing folder untouched."""
+    import threading
+
+    sim, res, _ = searched
+    _, full, _ = model
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        refine_hits(sim.image, PX, full, res.hits, sim.ctf, stages=QUICK, cancel=cancel)
+    mics = [MicrographInput(sim.image, PX, sim.ctf, res.hits, "mic0.mrc", res)]
+    out = tmp_path / "job"
+    seen = []
+    cancel = threading.Event()
+
+    def progress(p):
+        seen.append(p.step)
+        if p.step == "reconstruct":
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        run_reconstruct(mics, full, out, JobSettings(box=BOX, refine=False), progress=progress,
+                        cancel=cancel)
+    assert "reconstruct" in seen and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    # an existing job folder is replaced only with overwrite, and survives a cancel
+    job, folder = run_reconstruct(mics, None, out, JobSettings(box=BOX, refine=False))
+    assert folder == out and (out / "reconstruct.json").exists()
+    assert job.summary["template"]["source"] == res.metadata["template"]["source"]
+    with pytest.raises(InputError, match="exists"):
+        run_reconstruct(mics, full, out, JobSettings(box=BOX, refine=False))
+    stamp = (out / "reconstruct.json").read_text()
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        run_reconstruct(mics, full, out, JobSettings(box=BOX, refine=False), overwrite=True,
+                        progress=progress, cancel=cancel)
+    assert (out / "reconstruct.json").read_text() == stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]
+

@@ -17,7 +17,7 @@ from napari_2dtm.jobs.teaching import TeachingSearch, match_truth
 
 @pytest.fixture(scope="module")
 def demo():
-    from napari_2dtm._napari._sample_data import DEMO, simulate_sample
+    from napari_2dtm.samples import DEMO, simulate_sample
 
     sim = simulate_sample(DEMO)
     config = SearchConfig(ctf=CTFParams(**DEMO["ctf"]), out_of_plane_step_deg=30.0,

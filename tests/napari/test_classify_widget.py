@@ -13,10 +13,19 @@ import pytest
 from matplotlib.colors import to_rgba
 from qtpy.QtCore import QThreadPool
 
-from helpers.classify_sim import CTF, NAMES, PX, _start_hits, _truth_at_model_origin, make_models
+from helpers.classify_sim import (
+    CTF,
+    NAMES,
+    PX,
+    _start_hits,
+    _truth_at_model_origin,
+    make_models,
+    make_templates,
+)
 from napari_2dtm._napari._layers import micrograph_layer, points_layer
-from napari_2dtm.classify.mixture import CLASS_COLORS, read_classification
-from napari_2dtm.search.results import read_hits
+from napari_2dtm.classify.folder import read_classification
+from napari_2dtm.io.star import read_hits
+from napari_2dtm.plots import CLASS_COLORS
 from napari_2dtm.simulate import simulate_micrograph
 
 JOB_TIMEOUT_MS = 180_000
@@ -27,9 +36,7 @@ def scene(tmp_path_factory):
     full, no_b = make_models(tmp_path_factory.mktemp("models"))
     sim = simulate_micrograph([full, no_b], 14, shape=(384, 384), pixel_size_a=PX, ctf=CTF,
                               snr=0.09, seed=5)
-    from napari_2dtm.classify.mixture import load_template_set
-
-    ts = load_template_set([full, full], PX, names=NAMES, selections=[None, "not chain B"])
+    ts = make_templates(full)
     truth = _truth_at_model_origin(sim, ts)
     hits = _start_hits(truth, np.random.default_rng(3))
     return full, sim, hits

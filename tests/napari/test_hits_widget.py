@@ -1,6 +1,6 @@
 """The Hits widget in a real napari viewer: threshold, table <-> points, keys, curation.
 
-Results come from the "2DTM demo" search (``_review_data.demo_results``, run once per
+Results come from the "2DTM demo" search (``helpers.review_data.demo_results``, run once per
 process); each test opens its own copy of the folder with the plugin's reader, which
 docks the widget.
 """
@@ -19,7 +19,8 @@ from scipy.special import erfc
 
 from helpers.review_data import copy_results, demo_results, noise_results
 from napari_2dtm._napari._hits_views import STATUS_RGBA
-from napari_2dtm.hits.review import REVIEW_DIR, pvalue_available
+from napari_2dtm.hits.review import REVIEW_DIR
+from napari_2dtm.search.pvalue import neg_log_p_map
 
 DOCK = "2DTM Hits (napari-2dtm)"
 RELION_COLUMNS = {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAngleRot",
@@ -249,16 +250,13 @@ def test_a_finished_search_docks_the_review_with_a_streamed_neg_log_p_layer(
     widget.select_hit(hit)
     assert widget.inspection.last is not None, widget.inspection.numbers.text()
     assert widget.inspection.last.cc == pytest.approx(widget.review.table.mip[hit], rel=0.02)
-    if pvalue_available():
-        name = "-ln p [2DTM demo]"
-        qtbot.waitUntil(lambda: name in viewer.layers and search._live_p._pending is None
-                        and not search._live_p._busy, timeout=30_000)
-        assert search._live_p.n_shown >= 2  # streamed during the search, then the final maps
-        from napari_2dtm.search.pvalue import neg_log_p_map
-
-        final = neg_log_p_map(result.maps["zscore"], result.maps["snr"],
-                              mask=result.maps["zscore"] != 0)
-        np.testing.assert_allclose(viewer.layers[name].data, final, rtol=1e-5, atol=1e-5)
+    name = "-ln p [2DTM demo]"
+    qtbot.waitUntil(lambda: name in viewer.layers and search._live_p._pending is None
+                    and not search._live_p._busy, timeout=30_000)
+    assert search._live_p.n_shown >= 2  # streamed during the search, then the final maps
+    final = neg_log_p_map(result.maps["zscore"], result.maps["snr"],
+                          mask=result.maps["zscore"] != 0)
+    np.testing.assert_allclose(viewer.layers[name].data, final, rtol=1e-5, atol=1e-5)
     # the new layers made the Search widget schedule a run-time estimate: let it finish
     # before the viewer closes (its result would reach a deleted label)
     qtbot.waitUntil(lambda: not search._estimate_timer.isActive() and (

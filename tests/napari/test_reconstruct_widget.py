@@ -125,7 +125,7 @@ def test_bad_inputs_are_one_line_errors(make_napari_viewer, qtbot, search_folder
     w.output_dir.setText("")
     with qtbot.waitSignal(w.job_finished, timeout=5_000) as blocker:
         w.run()
-    assert blocker.args == ["error"] and "no job folder" in w.status.text()
+    assert blocker.args == ["error"] and "no output folder" in w.status.text()
     existing = tmp_path / "exists"
     existing.mkdir()
     w.output_dir.setText(str(existing))

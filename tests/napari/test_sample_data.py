@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_2dtm._napari._sample_data import DEMO, LAMELLA
+from napari_2dtm.samples import DEMO, LAMELLA
 
 
 def test_demo_sample_layers(demo_sample):

@@ -24,7 +24,7 @@ def viewer(make_napari_viewer, monkeypatch):
 
 
 def test_teaching_mode_shows_each_step_and_ends_with_the_normal_hits(viewer, qtbot, tmp_path):
-    from napari_2dtm._napari._sample_data import DEMO, simulate_sample
+    from napari_2dtm.samples import DEMO, simulate_sample
 
     viewer.open_sample("napari-2dtm", "demo")
     _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Search")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from napari_2dtm._napari._layers import points_layer
-from napari_2dtm.search.results import read_hits
+from napari_2dtm.io.star import read_hits
 
 
 @pytest.fixture

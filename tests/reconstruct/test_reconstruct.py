@@ -18,17 +18,13 @@ from helpers.toy_volumes import (
 )
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler
-from napari_2dtm.errors import InputError
+from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.reconstruct.fsc import FSC_NOTE, fsc, fsc_crossing_shell, spherical_mask
 from napari_2dtm.reconstruct.reconstructor import (
-    FSC_NOTE,
     _ctf_rows,
     _insert_numba,
-    fsc,
-    fsc_crossing_shell,
-    fsc_resolution,
     insert_reference,
     reconstruct,
-    spherical_mask,
     symmetry_matrices,
 )
 
@@ -106,7 +102,8 @@ def test_inverse_of_the_simulator_on_a_real_model():
     """Particles simulated at a pose (simulate.project_atoms) reconstruct to the template
     (template_from_model, same centre) in the template's orientation."""
     from napari_2dtm.simulate import _atom_class, project_atoms
-    from napari_2dtm.templates.model import _filter_atoms, read_atoms, template_from_model
+    from napari_2dtm.templates.atoms import _filter_atoms, read_atoms
+    from napari_2dtm.templates.model import template_from_model
 
     path = structure_file("1A28.pdb.gz")
     # 2 A: coarser pixels alias the sharp atoms differently in the two potentials
@@ -251,13 +248,6 @@ def test_symmetry_c4_and_d2():
         assert np.corrcoef(rot[inner], r_sym.full[inner])[0, 1] > 0.97
 
 
-def test_fsc_resolution_interpolates():
-    curve = np.array([1.0, 0.9, 0.5, 0.2, 0.1, 0.0])
-    # crossing between shells 3 (0.2) and 4 (0.1) at 3.57; box 10, pixel 2 A
-    assert fsc_resolution(curve, 10, 2.0) == pytest.approx(20.0 / (3 + 0.057 / 0.1), rel=1e-6)
-    assert fsc_resolution(np.ones(6), 10, 2.0) == 4.0  # never crosses: Nyquist
-
-
 def test_bad_inputs_are_one_line_errors(toy):
     atoms, _ = toy
     ang = random_poses(4, seed=1)
@@ -272,3 +262,23 @@ def test_bad_inputs_are_one_line_errors(toy):
         with pytest.raises(InputError) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+def test_cancel_stops_between_batches(toy):
+    """A set cancel event stops the reconstruction with the project's one Cancelled."""
+    import threading
+
+    atoms, _ = toy
+    ang = random_poses(8, seed=1)
+    images = project_all(atoms, ang, N)
+    seen = []
+    cancel = threading.Event()
+
+    def progress(done, total):
+        seen.append(done)
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        reconstruct(images, 1.0, _table(ang), use_ctf=False, batch=4, progress=progress,
+                    cancel=cancel)
+    assert seen == [4]  # the first batch went in, the second never started

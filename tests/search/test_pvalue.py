@@ -33,13 +33,13 @@ from napari_2dtm import (
 )
 from napari_2dtm.cli.main import main
 from napari_2dtm.io.mrc import write_mrc
+from napari_2dtm.io.star import read_hits
 from napari_2dtm.search.pvalue import (
     FIXED_THRESHOLD,
     fit_neg_log_p,
     fit_neg_log_p_map,
     population_size,
 )
-from napari_2dtm.search.results import read_hits
 from napari_2dtm.simulate import simulate_micrograph
 
 N = 10**6

@@ -13,15 +13,16 @@ from scipy.spatial import cKDTree
 from helpers.planting import structure_file as structure
 from napari_2dtm.errors import InputError
 from napari_2dtm.templates import model as mdl
+from napari_2dtm.templates.atoms import read_atoms
+from napari_2dtm.templates.load import load_template
 from napari_2dtm.templates.model import (
     VOLT_A2,
     critical_exposure,
     dose_filter,
-    read_atoms,
-    select_atoms,
     template_from_model,
 )
-from napari_2dtm.templates.template import Template, load_template
+from napari_2dtm.templates.selection import select_atoms
+from napari_2dtm.templates.template import Template
 
 
 def _centroid(vol):

@@ -6,7 +6,10 @@ screenshot half-way and one when the search is done, then quit (used by
 ``scripts/make_screenshots.py`` under Xvfb). :func:`screenshot_results` renders a
 results folder opened with this plugin's reader (the headless demo's picture).
 
-Run as ``python -m napari_2dtm._napari._demo screenshot RESULTS PNG``.
+Run as ``python -m napari_2dtm._napari._demo screenshot RESULTS PNG``, or
+``python -m napari_2dtm._napari._demo launch RESULTS [--overwrite] [--no-run]
+[--teaching]`` (how ``napari-2dtm demo`` opens the window: the CLI does not import the
+GUI layer, it starts it as a process).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def _new_viewer(title: str):
 
 def _focus_on_results(viewer, micrograph_name: str):
     """Show micrograph, SNR map and hits; everything else hidden."""
-    from ._hits_widget import review_layer_name
+    from ._hits_dock import review_layer_name
 
     for layer in viewer.layers:
         if layer.name.startswith(("template", "ground truth")):
@@ -113,8 +116,27 @@ def screenshot_results(folder: str | Path, png: str | Path) -> None:
     viewer.close()
 
 
+def main(argv: list[str]) -> int:
+    """``screenshot RESULTS PNG`` or ``launch RESULTS [--overwrite] [--no-run] [--teaching]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else __name__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("screenshot", help="render a results folder into a PNG")
+    s.add_argument("folder")
+    s.add_argument("png")
+    g = sub.add_parser("launch", help="napari with the demo and the Search widget")
+    g.add_argument("folder")
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--no-run", action="store_true")
+    g.add_argument("--teaching", action="store_true")
+    args = p.parse_args(argv)
+    if args.command == "screenshot":
+        screenshot_results(args.folder, args.png)
+        return 0
+    return launch(args.folder, run=not args.no_run, overwrite=args.overwrite,
+                  teaching=args.teaching)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "screenshot":
-        screenshot_results(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit(f"usage: python -m {__spec__.name} screenshot RESULTS_FOLDER OUT.png")
+    sys.exit(main(sys.argv[1:]))

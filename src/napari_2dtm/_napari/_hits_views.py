@@ -1,16 +1,17 @@
-"""Views of the Hits widget: the hits table model, the histogram and the inspection panel.
+"""Plots of the Hits widget: the histogram and the inspection panel, and the status colours.
 
 Qt and matplotlib only; they draw what :class:`napari_2dtm.hits.review.Review` and
 :class:`napari_2dtm.hits.inspection.HitInspector` compute and hold no review state themselves.
+The table of candidates is in :mod:`._hits_table`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from napari_2dtm.hits.review import METRICS, STATUSES
+from napari_2dtm.hits.review import METRICS
 
 #: border colour of a point per status (RGBA)
 STATUS_RGBA = {
@@ -18,121 +19,6 @@ STATUS_RGBA = {
     "accepted": (0.25, 1.0, 0.25, 1.0),
     "rejected": (1.0, 0.25, 0.25, 1.0),
 }
-#: table columns after the metrics: (header, table column)
-BASE_COLUMNS = [("x", "x"), ("y", "y"), ("φ", "phi"), ("θ", "theta"), ("ψ", "psi"),
-                ("defocus Å", "defocus_a")]
-_NO_PARENT = QModelIndex()
-
-
-# --------------------------------------------------------------------- table
-
-
-class HitsTableModel(QAbstractTableModel):
-    """Rows = the shown candidates, in the current sort order; columns as configured.
-
-    Values are held as NumPy columns (no pandas access per cell), sorting and
-    filtering are NumPy index operations, so a threshold change over 10,000 rows is
-    one model reset.
-    """
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.columns: list[tuple[str, str]] = []
-        self.values: dict[str, np.ndarray] = {}
-        self.status = np.zeros(0, object)
-        self.shown = np.zeros(0, bool)
-        self.rows = np.zeros(0, np.int64)  # candidate ids in view order
-        self.pos = np.zeros(0, np.int64)  # id -> row (-1: not listed)
-        self.sort_column = 2
-        self.sort_order = Qt.SortOrder.DescendingOrder
-
-    def set_table(self, table, metrics: list[str]):
-        self.beginResetModel()
-        self.columns = [("#", "id"), ("status", "status")]
-        self.columns += [(METRICS[m], m) for m in metrics if m in table.columns]
-        self.columns += [c for c in BASE_COLUMNS if c[1] in table.columns]
-        self.values = {key: table[key].to_numpy() for _, key in self.columns if key != "status"}
-        self.status = table["status"].to_numpy(object).copy() if len(table) else np.zeros(0, object)
-        self.shown = np.ones(len(table), bool)
-        self._order = self._sorted_ids()
-        self._filter()
-        self.endResetModel()
-
-    def set_shown(self, shown: np.ndarray):
-        self.beginResetModel()
-        self.shown = np.asarray(shown, bool)
-        self._filter()
-        self.endResetModel()
-
-    def set_status(self, ids, status: str):
-        ids = np.atleast_1d(np.asarray(ids, np.int64))
-        self.status[ids] = status
-        col = next(i for i, c in enumerate(self.columns) if c[1] == "status")
-        for i in ids:
-            r = int(self.pos[i]) if i < len(self.pos) else -1
-            if r >= 0:
-                idx = self.index(r, col)
-                self.dataChanged.emit(idx, idx)
-
-    def _sorted_ids(self) -> np.ndarray:
-        n = len(self.status)
-        if not self.columns or n == 0:
-            return np.arange(n)
-        key = self.columns[min(self.sort_column, len(self.columns) - 1)][1]
-        vals = self.status if key == "status" else self.values[key]
-        if key == "status":
-            vals = np.array([STATUSES.index(s) for s in vals])
-        order = np.argsort(vals, kind="stable")
-        return order[::-1].copy() if self.sort_order == Qt.SortOrder.DescendingOrder else order
-
-    def _filter(self):
-        self.rows = self._order[self.shown[self._order]] if len(self._order) else self._order
-        self.pos = np.full(len(self.status), -1, np.int64)
-        self.pos[self.rows] = np.arange(len(self.rows))
-
-    # Qt model API
-    def rowCount(self, parent=_NO_PARENT):  # noqa: N802 (Qt name)
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent=_NO_PARENT):  # noqa: N802
-        return 0 if parent.isValid() else len(self.columns)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.columns[section][0]
-        return None
-
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        i = int(self.rows[index.row()])
-        key = self.columns[index.column()][1]
-        if role == Qt.ItemDataRole.DisplayRole:
-            if key == "status":
-                return str(self.status[i])
-            v = self.values[key][i]
-            if key == "id":
-                return str(int(v))
-            if key in ("x", "y", "defocus_a"):
-                return f"{v:.0f}"
-            if key in ("phi", "theta", "psi"):
-                return f"{v:.1f}"
-            return f"{v:.2f}"
-        if role == Qt.ItemDataRole.ForegroundRole and key == "status":
-            from qtpy.QtGui import QColor
-
-            r, g, b, _ = STATUS_RGBA[str(self.status[i])]
-            return QColor.fromRgbF(r, g, b)
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    def sort(self, column, order=Qt.SortOrder.AscendingOrder):
-        self.layoutAboutToBeChanged.emit()
-        self.sort_column, self.sort_order = int(column), order
-        self._order = self._sorted_ids()
-        self._filter()
-        self.layoutChanged.emit()
 
 
 # ------------------------------------------------------------------ plots

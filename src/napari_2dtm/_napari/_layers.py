@@ -9,8 +9,6 @@ with scale = the search pixel size, points in micrograph pixel coordinates
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -147,10 +145,11 @@ def points_layer(
 
 def hit_marker_size_px(res) -> float:
     """Marker diameter in micrograph pixels: about the particle diameter."""
-    tmpl = dict((getattr(res, "metadata", None) or {}).get("template") or {})
-    box, tpx = tmpl.get("box"), tmpl.get("pixel_size_a")
-    if box and tpx:
-        return float(box) * float(tpx) * 0.6 / float(res.input_pixel_size_a)
+    from napari_2dtm.search.results import ResultsFolder
+
+    t = ResultsFolder.of(res).template
+    if t.box and t.pixel_size_a:
+        return float(t.box) * float(t.pixel_size_a) * 0.6 / float(res.input_pixel_size_a)
     return 30.0
 
 
@@ -161,17 +160,19 @@ def result_layers(res, micrograph_name: str, results_folder=None) -> list:
     the hits layer carries the hits table as ``features`` and, in its metadata, what
     the STAR writer needs (micrograph name, pixel size, CTF).
     """
+    from napari_2dtm.search.results import ResultsFolder
+
     layers = []
     keys = [k for k in MAP_STYLE if k in res.maps]
     keys += [k for k in res.maps if k not in MAP_STYLE and k != "defocus_offset"]
     for key in keys:
         layers.append(map_layer(key, res.maps[key], res.pixel_size_a, micrograph_name))
-    meta = dict(res.metadata or {})
+    view = ResultsFolder.of(res, results_folder)
     info = {
         "kind": "hits",
         "pixel_size_a": res.input_pixel_size_a,
-        "micrograph_name": Path(meta["micrograph"]).name if meta.get("micrograph") else None,
-        "ctf": dict(meta.get("config", {}).get("ctf", {})) or None,
+        "micrograph_name": view.micrograph_name if view.recorded_micrograph else None,
+        "ctf": view.ctf.to_dict() if (res.metadata or {}).get("config") else None,
         "threshold": res.threshold,
         "results_folder": str(results_folder) if results_folder else None,
     }

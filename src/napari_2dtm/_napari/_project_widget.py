@@ -12,124 +12,46 @@ is docked. Fewer layers make switching images fast (napari pays per layer remove
 Keys: ``Page Down`` / ``Page Up`` open the next / previous finished micrograph (in the
 viewer and in this panel); in the table, arrows move and ``Enter`` opens.
 
-The widget only reads folders (:func:`napari_2dtm.jobs.batch.batch_status`); while some
-micrographs are not finished it re-reads the folder every few seconds, so a running
-batch can be followed.
+The widget only reads folders (:mod:`._project_data`: the batch status and class
+counts); while some micrographs are not finished it re-reads the folder every few
+seconds, so a running batch can be followed. The table and the plot (:mod:`._project_views`)
+only draw; this class owns the navigation and the layers of the open micrograph.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QKeySequence
+from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
     QShortcut,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_2dtm.jobs.batch import batch_status
-from napari_2dtm.jobs.search import one_line
+from napari_2dtm.errors import one_line
+
+from ._hits_dock import review_hits
+from ._project_data import PROJECT_COLUMNS, project_summary, read_project
+from ._project_views import HitsPerImagePlot, MicrographTable
+from ._reader import results_layers
 
 if TYPE_CHECKING:
     import napari
 
-COLUMNS = ["Micrograph", "Status", "Hits", "Classes"]
-STATUS_COLOR = {"done": "#3fbf5f", "failed": "#e05050", "interrupted": "#e0a030",
-                "pending": "#909090"}
 NEXT_KEY, PREVIOUS_KEY = "PageDown", "PageUp"
 REVIEW_MAPS = ("zscore", "snr")  # maps opened without "all maps"
 REFRESH_MS = 5000
-
-
-def class_counts(batch_dir, name: str) -> dict | None:
-    """Hits per class of micrograph ``name`` from a classification job folder, if any.
-
-    Looked for in ``<batch>/<name>/classification*/``, ``<batch>/<name>.classification*/``
-    and ``<batch>/classification*/<name>/`` (a folder with ``classification.json``);
-    the counts at the job's confidence level, without the unassigned ones.
-    """
-    batch_dir = Path(batch_dir)
-    esc = glob.escape(name)
-    cands = [*sorted((batch_dir / name).glob("classification*/classification.json")),
-             *sorted(batch_dir.glob(f"{esc}.classification*/classification.json")),
-             *sorted(batch_dir.glob(f"classification*/{esc}/classification.json"))]
-    for p in cands:
-        try:
-            meta = json.loads(p.read_text())
-            counts = meta["counts"]
-            conf = meta.get("confidence")
-            key = f"{conf:g}" if isinstance(conf, (int, float)) else None
-            c = counts.get(key) if key in counts else next(iter(counts.values()))
-            return {k: int(v) for k, v in c.items() if k != "unassigned"}
-        except (OSError, ValueError, KeyError, TypeError, StopIteration):
-            continue
-    return None
-
-
-class HitsPerImagePlot:
-    """Matplotlib bar plot of hits per micrograph (failed ones marked), current highlighted."""
-
-    def __init__(self):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        # dark, as napari's default theme and the Hits widget's plots
-        self.figure = Figure(figsize=(4, 2.2), dpi=90, layout="constrained", facecolor="#262930")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
-        self.ax = self.figure.add_subplot(111)
-        self.n_bars = 0
-
-    def update(self, table: pd.DataFrame, current: int | None):
-        ax = self.ax
-        ax.clear()
-        n = len(table)
-        self.n_bars = n
-        x = np.arange(n)
-        hits = pd.to_numeric(table["n_hits"], errors="coerce").fillna(0).to_numpy()
-        status = table["status"].to_numpy()
-        colors = [STATUS_COLOR["done"] if s == "done" else STATUS_COLOR.get(s, "#909090")
-                  for s in status]
-        if current is not None and 0 <= current < n:
-            colors[current] = "#ff8c00"
-        ax.bar(x, hits, color=colors, width=0.8)
-        failed = np.flatnonzero(status == "failed")
-        if failed.size:
-            ax.plot(failed, np.zeros(failed.size), "x", color=STATUS_COLOR["failed"],
-                    markersize=7, mew=2, label="failed")
-            ax.legend(loc="upper right", fontsize=7, frameon=False, labelcolor="#d0d4dc")
-        ax.set_ylabel("hits", fontsize=8)
-        ax.set_title("hits per micrograph", fontsize=9)
-        if n <= 24:
-            ax.set_xticks(x, [str(s) for s in table["name"]], rotation=60, ha="right", fontsize=6)
-        else:
-            ax.set_xlabel("micrograph", fontsize=8)
-        ax.set_facecolor("#1f2026")
-        for sp in ax.spines.values():
-            sp.set_color("#8a8f99")
-        ax.tick_params(labelsize=7, colors="#d0d4dc")
-        for t in (ax.xaxis.label, ax.yaxis.label, ax.title):
-            t.set_color("#d0d4dc")
-        ax.set_xlim(-0.6, max(n, 1) - 0.4)
-        self.canvas.draw_idle()
 
 
 class ProjectWidget(QWidget):
@@ -146,8 +68,7 @@ class ProjectWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.folder: Path | None = None
-        self.table_data = pd.DataFrame(columns=["name", "micrograph", "status", "n_hits",
-                                                "error", "results", "fraction", "classes"])
+        self.table_data = pd.DataFrame(columns=PROJECT_COLUMNS)
         self.current: int | None = None
         self._opened: list = []
         self._opened_name: str | None = None
@@ -171,16 +92,7 @@ class ProjectWidget(QWidget):
         self.summary_label.setWordWrap(True)
         layout.addWidget(self.summary_label)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        hdr = self.table.horizontalHeader()
-        hdr.setSectionResizeMode(0, QHeaderView.Stretch)
-        for c in range(1, len(COLUMNS)):
-            hdr.setSectionResizeMode(c, QHeaderView.ResizeToContents)
+        self.table = MicrographTable()
         self.table.installEventFilter(self)  # Page Up/Down: images, not table pages
         self.table.itemActivated.connect(lambda item: self.open_image(item.row()))
         self.table.itemDoubleClicked.connect(lambda item: self.open_image(item.row()))
@@ -235,7 +147,7 @@ class ProjectWidget(QWidget):
             self._set_status(f"{folder}: folder not found", error=True)
             return False
         try:
-            data = self._read(folder)
+            data = read_project(folder)
         except Exception as e:
             self._set_status(f"Cannot read {folder}: {one_line(e)}", error=True)
             return False
@@ -257,43 +169,14 @@ class ProjectWidget(QWidget):
         if self.folder is None:
             return
         try:
-            self._show(self._read(self.folder))
+            self._show(read_project(self.folder))
         except Exception as e:  # the folder vanished or is being rewritten: try again later
             self._set_status(f"Cannot read {self.folder}: {one_line(e)}", error=True)
 
-    def _read(self, folder: Path) -> pd.DataFrame:
-        data = batch_status(folder)
-        data["classes"] = [class_counts(folder, n) for n in data["name"]]
-        return data.reset_index(drop=True)
-
     def _show(self, data: pd.DataFrame):
-        selected = self.selected_row()
         self.table_data = data
-        t = self.table
-        t.setRowCount(len(data))
-        for i, r in enumerate(data.itertuples(index=False)):
-            status = r.status
-            if status == "interrupted" and r.fraction is not None and np.isfinite(r.fraction):
-                status = f"interrupted ({100 * r.fraction:.0f}%)"
-            hits = "" if r.n_hits is None or pd.isna(r.n_hits) else str(int(r.n_hits))
-            classes = ", ".join(f"{k} {v}" for k, v in r.classes.items()) if r.classes else ""
-            cells = [r.name, status, hits, classes]
-            for c, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if c == 1:
-                    item.setForeground(QColor(STATUS_COLOR.get(r.status, "#909090")))
-                if c == 2:
-                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
-                tip = r.error if r.status == "failed" and r.error else (r.micrograph or r.name)
-                item.setToolTip(str(tip))
-                t.setItem(i, c, item)
-        if selected is not None and selected < len(data):
-            t.selectRow(selected)
-        counts = data["status"].value_counts().to_dict()
-        n_hits = pd.to_numeric(data["n_hits"], errors="coerce").fillna(0).sum()
-        parts = [f"{counts[s]} {s}" for s in ("done", "interrupted", "pending", "failed") if s in counts]
-        self.summary_label.setText(f"{len(data)} micrographs: {', '.join(parts)}; "
-                                   f"{int(n_hits)} hits in all.")
+        self.table.show_project(data)
+        self.summary_label.setText(project_summary(data))
         self.plot.update(data, self.current)
         unfinished = any(s in ("pending", "interrupted") for s in data["status"])
         if unfinished and not self._timer.isActive():
@@ -303,8 +186,7 @@ class ProjectWidget(QWidget):
 
     # -------------------------------------------------------------- navigation
     def selected_row(self) -> int | None:
-        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
-        return rows[0].row() if rows else None
+        return self.table.selected_row()
 
     def _open_selected(self):
         r = self.selected_row()
@@ -374,8 +256,6 @@ class ProjectWidget(QWidget):
     def _add_result_layers(self, folder: Path):
         """Add the layers of a results folder (reader's layer data); returns them and the
         name of the hits layer."""
-        from ._reader import results_layers
-
         added, hits_name = [], None
         for data, kwargs, kind in results_layers(folder):
             info = kwargs.get("metadata", {}).get("napari_2dtm", {})
@@ -388,11 +268,7 @@ class ProjectWidget(QWidget):
         return added, hits_name
 
     def _review(self, hits_name: str, folder: Path):
-        """Dock the 2DTM Hits widget on the opened hits, if that widget is installed."""
-        try:
-            from ._hits_widget import review_hits
-        except ImportError:  # layers only
-            return
+        """Dock the 2DTM Hits widget on the opened hits."""
         try:
             review_hits(self.viewer, hits_name, folder=folder)
         except Exception as e:  # the panel still works without the review

@@ -10,7 +10,8 @@ a folder that is not a results folder), so napari can try another reader.
   slider over images;
 * a 3D map or tomogram (``.map``, ``.rec``, cubic ``.mrc``) opens as a volume;
 * a results folder (one with ``search.json``, as written by ``napari-2dtm search``)
-  opens as the micrograph (if its file is still there) plus every map and the hits;
+  opens as the micrograph (found by :meth:`ResultsFolder.micrograph_path
+  <napari_2dtm.search.results.ResultsFolder.micrograph_path>`) plus every map and the hits;
   in a running napari the "2DTM Hits" widget then docks to review them (with any
   decisions saved in the folder's ``review/``).
 
@@ -167,37 +168,23 @@ def _schedule_review(folder: Path, layers: list) -> None:
     hits = [kw["name"] for _, kw, kind in layers
             if kind == "points" and kw.get("metadata", {}).get("napari_2dtm", {}).get("kind") == "hits"]
     if hits:
-        from ._hits_widget import dock_after_open
+        from ._hits_dock import dock_after_open
 
         dock_after_open(folder, hits[0])
 
 
-def _micrograph_path(folder: Path, metadata: dict) -> Path | None:
-    for key in ("micrograph", "micrograph_path"):
-        value = metadata.get(key)
-        if isinstance(value, str) and value:
-            p = Path(value)
-            candidates = [p] if p.is_absolute() else [folder / p, Path.cwd() / p]
-            for c in candidates:
-                if c.is_file():
-                    return c
-    return None
-
-
 def results_layers(folder: str | Path) -> list:
     """Layers for a results folder: the micrograph (if its file is found), maps, hits."""
-    from napari_2dtm import read_results
-    from napari_2dtm.io.mrc import read_micrograph
+    from napari_2dtm.search.results import ResultsFolder
 
-    folder = Path(folder)
-    res = read_results(folder)
+    view = ResultsFolder.open(folder)
     layers = []
-    mic_path = _micrograph_path(folder, dict(res.metadata or {}))
-    mic_name = mic_path.stem if mic_path is not None else folder.name
+    mic_path = view.micrograph_path()
+    mic_name = mic_path.stem if mic_path is not None else view.path.name
     if mic_path is not None:
         try:
-            image, px = read_micrograph(mic_path, res.input_pixel_size_a)
+            image, px = view.read_micrograph()
             layers.append(micrograph_layer(image, px, mic_name))
-        except Exception:  # the micrograph moved or changed: show the results anyway
+        except Exception:  # the micrograph changed (unreadable): show the results anyway
             pass
-    return layers + result_layers(res, mic_name, folder)
+    return layers + result_layers(view.result, mic_name, view.path)

@@ -1,17 +1,18 @@
 """The "2DTM Reconstruct" dock widget: from reviewed hits to a 3D map, FSC and bias check.
 
-A thin shell over :func:`napari_2dtm.jobs.reconstruct.run_job`, the job that
-``napari-2dtm reconstruct`` runs: it gathers the hits (a points layer whose features
-are the hits table: the search's ``hits [...]`` layer or the Hits widget's review
-layer, accepted hits when any, else those shown and not rejected), the micrograph
-layer, templates and settings; runs the job in a worker thread with progress and
-cancel; and, in main-thread slots only, adds the map as a 3D image layer and docks the
-FSC plot (a matplotlib canvas). The job folder is the CLI's.
+A thin shell over :func:`napari_2dtm.jobs.reconstruct.run_reconstruct_from_hits`, the
+job that ``napari-2dtm reconstruct`` runs: it gathers the hits (a points layer whose
+features are the hits table: the search's ``hits [...]`` layer or the Hits widget's
+review layer, accepted hits when any, else those shown and not rejected), the
+micrograph layer, templates and settings; a :class:`~napari_2dtm._napari._job_panel.JobPanel`
+runs the job in a worker thread with progress and cancel (the job reads the results
+folder, the search's template and CTF there); and, in main-thread slots only, the
+widget adds the map as a 3D image layer and docks the FSC plot
+(:class:`~napari_2dtm._napari._fsc_plot.FSCPlot`). The job folder is the CLI's.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,14 +28,15 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_2dtm.jobs.search import one_line
+from napari_2dtm._napari._fsc_plot import FSCPlot
+from napari_2dtm._napari._job_panel import JobPanel
+from napari_2dtm.errors import InputError
 
 if TYPE_CHECKING:
     import napari
@@ -46,10 +48,6 @@ REFINE_MODES = {
     "none (poses as found)": "none",
 }
 SYMMETRIES = ["C1", "C2", "C3", "C4", "C6", "D2", "D3", "D7"]
-
-
-class ReconstructError(Exception):
-    """A job failed (message: one line). Not a RuntimeError: see ``_jobs.search_job``."""
 
 
 def hits_from_layer(layer) -> pd.DataFrame:
@@ -69,80 +67,6 @@ def hits_from_layer(layer) -> pd.DataFrame:
     return t[keep].reset_index(drop=True)
 
 
-def _job(inputs: dict, cancel: threading.Event, emit):
-    """Worker body (no Qt): build the inputs, run the job; None when cancelled."""
-    from napari_2dtm.core.ctf import CTFParams
-    from napari_2dtm.jobs.reconstruct import JobCancelled, MicrographInput, run_job
-    from napari_2dtm.search.results import read_results
-
-    try:
-        result = None
-        folder = inputs.get("results_folder")
-        if folder and Path(folder, "search.json").exists():
-            result = read_results(folder)
-        template = inputs["template"]
-        if template is None:
-            if result is None:
-                raise ReconstructError("no template: choose a map or model file")
-            from napari_2dtm.hits.inspection import template_for_result
-
-            template = template_for_result(result)
-        ctf = inputs["ctf"]
-        if ctf is None and result is not None:
-            ctf = result.metadata.get("config", {}).get("ctf")
-        if not ctf:
-            raise ReconstructError("the hits layer records no CTF (open a results folder)")
-        mic = MicrographInput(inputs["image"], inputs["pixel_size_a"], CTFParams(**ctf),
-                              inputs["hits"], inputs["micrograph_name"], result)
-        return run_job([mic], template, inputs["out_dir"], inputs["settings"],
-                       omit_template=inputs["omit_template"], overwrite=inputs["overwrite"],
-                       progress=emit, cancel=cancel)
-    except JobCancelled:
-        return None
-    except ReconstructError:
-        raise
-    except Exception as e:  # one line for the status label, never a RuntimeError
-        raise ReconstructError(one_line(e)) from e
-
-
-class FSCPlot(QWidget):
-    """A docked matplotlib canvas with the FSC curves of a job."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(4.2, 3.0), dpi=100, facecolor="#262930")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(self.canvas)
-        self.ax = None
-
-    def show_result(self, job_result):
-        from napari_2dtm.jobs.reconstruct import draw_fsc
-
-        self.figure.clear()
-        ax = self.figure.add_subplot(111, facecolor="#262930")
-        draw_fsc(ax, job_result.reconstruction, job_result.omit_reconstruction)
-        for item in [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(),
-                     *ax.get_yticklabels()]:
-            item.set_color("#d6d6d6")
-        for sp in ax.spines.values():
-            sp.set_color("#888888")
-        ax.tick_params(colors="#d6d6d6")
-        leg = ax.get_legend()
-        if leg is not None:
-            leg.get_frame().set_facecolor("#3b3f4a")
-            for text in leg.get_texts():
-                text.set_color("#e8e8e8")
-        self.figure.tight_layout()
-        self.canvas.draw()
-        self.ax = ax
-
-
 class ReconstructWidget(QWidget):
     """Dock widget launching a reconstruction job from a hits points layer.
 
@@ -153,24 +77,32 @@ class ReconstructWidget(QWidget):
     job_started = Signal()
     progress_shown = Signal(object)
     job_finished = Signal(str)
-    _progress = Signal(object)  # emitted from the worker thread, delivered queued
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self._worker = None
-        self._cancel = threading.Event()
-        self._state = None
-        self.result = None
+        self.result = None  # the last JobResult
         self.fsc_plot: FSCPlot | None = None
         self.map_layer = None
-        self._progress.connect(self._on_progress)
+
+        self.panel = JobPanel(title="Job folder", run_text="Reconstruct", verb="Reconstruction")
+        # the panel's controls under the names tests and scripts use
+        self.output_dir = self.panel.output_dir
+        self.overwrite = self.panel.overwrite
+        self.run_button = self.panel.run_button
+        self.cancel_button = self.panel.cancel_button
+        self.progress = self.panel.progress
+        self.status = self.panel.status
+        self.run_button.clicked.connect(self.run)
+        self.panel.started.connect(self.job_started)
+        self.panel.progressed.connect(self._on_progress)
+        self.panel.returned.connect(self._on_returned)
+        self.panel.finished.connect(self.job_finished)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._build_input_box())
         layout.addWidget(self._build_settings_box())
-        layout.addWidget(self._build_output_box())
-        layout.addWidget(self._build_run_box())
+        layout.addWidget(self.panel)
         layout.addStretch(1)
         events = self.viewer.layers.events
         events.inserted.connect(self._refresh_layers)
@@ -240,47 +172,6 @@ class ReconstructWidget(QWidget):
         self.show_3d.setChecked(True)
         form.addRow("", self.show_3d)
         return box
-
-    def _build_output_box(self) -> QGroupBox:
-        box = QGroupBox("Job folder")
-        form = QFormLayout(box)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        self.output_dir = QLineEdit()
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_output)
-        row.addWidget(self.output_dir)
-        row.addWidget(browse)
-        holder = QWidget()
-        holder.setLayout(row)
-        form.addRow("Folder", holder)
-        self.overwrite = QCheckBox("replace an existing folder")
-        form.addRow("", self.overwrite)
-        return box
-
-    def _build_run_box(self) -> QWidget:
-        holder = QWidget()
-        v = QVBoxLayout(holder)
-        v.setContentsMargins(0, 0, 0, 0)
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Reconstruct")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        v.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setFormat("idle")
-        self.progress.setTextVisible(True)
-        v.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        v.addWidget(self.status)
-        return holder
 
     # ------------------------------------------------------------ layer lists
     def _points_layers(self):
@@ -353,11 +244,6 @@ class ReconstructWidget(QWidget):
                 out = base.with_name(f"{base.name}_{i}")
             self.output_dir.setText(str(out))
 
-    def _browse_output(self):
-        path = QFileDialog.getExistingDirectory(self, "Job folder")
-        if path:
-            self.output_dir.setText(path)
-
     # ------------------------------------------------------------- parameters
     def settings(self):
         from napari_2dtm.hits.refine import RefineStage
@@ -371,8 +257,8 @@ class ReconstructWidget(QWidget):
                            mask=None if mask == "none" else mask)
 
     def _inputs(self) -> dict:
-        from napari_2dtm.errors import InputError
-
+        """Keyword arguments of :func:`~napari_2dtm.jobs.reconstruct.run_reconstruct_from_hits`
+        from the layers and fields (:class:`InputError` when something is missing)."""
         layer = self.hits_layer()
         if layer is None:
             raise InputError("no hits layer (points with phi/theta/psi features)")
@@ -386,11 +272,7 @@ class ReconstructWidget(QWidget):
         px = info.get("pixel_size_a") or mic.metadata.get("napari_2dtm", {}).get("pixel_size_a")
         if not px:
             raise InputError(f"{layer.name}: pixel size unknown")
-        out = self.output_dir.text().strip()
-        if not out:
-            raise InputError("no job folder given")
-        if Path(out).exists() and not self.overwrite.isChecked():
-            raise InputError(f"{out}: exists; tick 'replace' or choose another folder")
+        out = self.panel.out_dir()
         tmpl = self.template_path.text().strip() or None
         omit = self.omit_path.text().strip() or None
         for p in (tmpl, omit):
@@ -400,84 +282,59 @@ class ReconstructWidget(QWidget):
             "image": np.asarray(mic.data, dtype=np.float32),
             "pixel_size_a": float(px),
             "hits": hits,
-            "ctf": info.get("ctf"),
+            "out_dir": out,
             "micrograph_name": info.get("micrograph_name") or f"{mic.name}.mrc",
+            "ctf": info.get("ctf"),
             "results_folder": info.get("results_folder"),
             "template": tmpl,
             "omit_template": omit,
-            "out_dir": out,
-            "overwrite": self.overwrite.isChecked(),
             "settings": self.settings(),
+            "overwrite": self.overwrite.isChecked(),
         }
 
     # -------------------------------------------------------------- run/cancel
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        return self.panel.running
 
     def run(self):
         """Start the job in a worker thread (no-op while one runs)."""
-        from napari.qt.threading import create_worker
+        from napari_2dtm.jobs.reconstruct import run_reconstruct_from_hits
 
         if self.running:
             return
         try:
-            inputs = self._inputs()
-        except Exception as e:
-            self._set_status(f"Cannot start: {one_line(e)}", error=True)
-            self.job_finished.emit("error")
+            kwargs = self._inputs()
+        except Exception as e:  # any input problem is one line in the status
+            self.panel.refuse(e)
             return
-        self._cancel = threading.Event()
-        self._state = None
         self.result = None
-        worker = create_worker(_job, inputs, self._cancel, self._progress.emit,
-                               _ignore_errors=True)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.progress.setFormat("starting…")
-        self._set_status(f"Reconstructing from {len(inputs['hits'])} hits…")
-        self.job_started.emit()
-        worker.start()
+        self.panel.start(run_reconstruct_from_hits,
+                         status=f"Reconstructing from {len(kwargs['hits'])} hits…", **kwargs)
 
     def cancel(self):
         """Ask the job to stop (between hits / particle batches); nothing is written."""
-        if not self.running:
-            return
-        self._cancel.set()
-        self.cancel_button.setEnabled(False)
-        self._set_status("Cancelling…")
+        self.panel.cancel()
 
     # Everything below runs in the main thread.
     def _on_progress(self, p):
-        if not self.running:
-            return
-        self.progress.setValue(int(round(1000 * p.fraction)))
-        self.progress.setFormat(f"{100 * p.fraction:.0f}% · {p.step}")
-        self._set_status(p.message)
+        self.panel.set_progress(p.fraction, f"{100 * p.fraction:.0f}% · {p.step}")
+        self.panel.set_status(p.message)
         self.progress_shown.emit(p)
 
     def _on_returned(self, value):
-        if value is None:
-            self._state = "cancelled"
-            return
-        self.result = value
-        self._show_result(value)
-        s = value.summary
+        job, folder = value
+        self.result = job
+        self._show_result(job)
+        s = job.summary
         m = s["map"]
         text = (f"{s['n_particles']} particles; FSC 0.143: {m['resolution_a']:.1f} Å unmasked"
                 + (f", {m['resolution_masked_a']:.1f} Å masked" if m["resolution_masked_a"] else "")
                 + " (not gold-standard: poses from the template)")
-        if value.bias is not None:
-            text += f"; template bias Ω = {value.bias.omega:.2f}"
-        self._set_status(f"{text}. Saved to {value.folder}")
-        self.progress.setValue(1000)
-        self.progress.setFormat("done")
-        self._state = "done"
+        if job.bias is not None:
+            text += f"; template bias Ω = {job.bias.omega:.2f}"
+        self.panel.set_status(f"{text}. Saved to {folder}")
+        self.panel.set_progress(1.0, "done")
 
     def _show_result(self, res):
         px = res.reconstruction.pixel_size_a
@@ -518,25 +375,6 @@ class ReconstructWidget(QWidget):
             self.viewer.window.add_dock_widget(self.fsc_plot, name="FSC (2DTM reconstruction)",
                                                area="right")
         self.fsc_plot.show_result(res)
-
-    def _on_errored(self, exc):
-        self._set_status(f"Reconstruction failed: {one_line(exc)}", error=True)
-        self.progress.setFormat("failed")
-        self._state = "error"
-
-    def _on_finished(self):
-        state = self._state or ("cancelled" if self._cancel.is_set() else "error")
-        self._worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if state == "cancelled":
-            self.progress.setFormat("cancelled")
-            self._set_status("Reconstruction cancelled; nothing was written.")
-        self.job_finished.emit(state)
-
-    def _set_status(self, text, error=False):
-        self.status.setText(text)
-        self.status.setStyleSheet("color: #ff6b6b;" if error else "")
 
     def closeEvent(self, event):  # noqa: N802 (Qt name)
         self.cancel()

@@ -1,10 +1,10 @@
 """Sample data: simulated micrographs with planted particles and their ground truth.
 
-Both samples are made on the fly by :func:`napari_2dtm.simulate.simulate_micrograph`
-from the structures shipped in ``napari_2dtm/data`` (seeded: the same every time,
-a few seconds to make). Each returns, in this order: the template(s) as hidden 3D
-image layers, the micrograph, and the ground truth as a hidden points layer whose
-``features`` are the simulator's truth table. The micrograph layer's metadata holds
+The samples are defined and simulated in :mod:`napari_2dtm.samples` (Qt-free, shared
+with the headless demo and the tests); this module turns them into layers. Each
+returns, in this order: the template(s) as hidden 3D image layers, the micrograph, and
+the ground truth as a hidden points layer whose ``features`` are the simulator's truth
+table. The micrograph layer's metadata holds
 ``search_defaults``, the Search widget's settings for a quick search that finds the
 planted particles; the demo command and the tests use the same settings.
 
@@ -15,51 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_2dtm.samples import DEMO, LAMELLA, simulate_sample
+
 from ._layers import micrograph_layer, points_layer
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-
-#: the "2DTM demo": a small micrograph with well separated 1BD2 particles
-DEMO = dict(
-    name="2DTM demo",
-    structures=("1BD2.pdb.gz",),
-    n_particles=8,
-    shape=(320, 320),
-    pixel_size_a=2.0,
-    ctf=dict(defocus1_a=10000.0, defocus2_a=10000.0),
-    snr=0.3,
-    seed=0,
-    min_distance_px=60,
-    search=dict(out_of_plane_step_deg=15.0, in_plane_step_deg=15.0),
-)
-
-#: the "lamella demo": larger, crowded, ice texture, thickness ramp, two states
-LAMELLA = dict(
-    name="lamella demo",
-    structures=("1BD2.pdb.gz", "1A28.pdb.gz"),
-    n_particles=80,
-    shape=(1024, 1024),
-    pixel_size_a=2.0,
-    ctf=dict(defocus1_a=12000.0, defocus2_a=11500.0, astigmatism_angle_deg=40.0),
-    snr=0.2,
-    seed=1,
-    background="ice",
-    thickness_gradient=0.3,
-    search=dict(out_of_plane_step_deg=10.0, in_plane_step_deg=10.0),
-)
-
-
-def simulate_sample(spec: dict):
-    """Run the simulator for a sample spec; returns its ``SimulationResult``."""
-    from napari_2dtm.core.ctf import CTFParams
-    from napari_2dtm.simulate import simulate_micrograph
-
-    kwargs = {
-        k: v for k, v in spec.items() if k not in ("name", "structures", "ctf", "search")
-    }
-    return simulate_micrograph(
-        [DATA / s for s in spec["structures"]], ctf=CTFParams(**spec["ctf"]), **kwargs
-    )
+__all__ = ["DEMO", "LAMELLA", "simulate_sample", "sample_layers", "demo_sample", "lamella_sample"]
 
 
 def sample_layers(spec: dict) -> list:

@@ -1,7 +1,7 @@
 """Teaching mode in napari: the layers and caption of :mod:`napari_2dtm.jobs.teaching`.
 
-:func:`teaching_job` is the worker body (like ``_jobs.search_job``, and it saves the
-same results folder); :class:`TeachingView` turns each
+The Search widget runs :func:`napari_2dtm.jobs.teaching.run_teaching` (which saves the
+same results folder as a normal search); :class:`TeachingView` turns each
 :class:`~napari_2dtm.jobs.teaching.TeachingStep` into layers laid out beside the
 micrograph, in Angstrom (a 2 x 2 grid, which suits the canvas beside a dock)::
 
@@ -19,12 +19,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from napari_2dtm.jobs.search import SearchError, one_line, save_results
-
 from ._layers import full_limits
-
-#: the default pace: seconds per search step, per introductory step, shown steps
-PACE = dict(step_s=0.5, intro_s=3.0, max_steps=60)
 
 LAYERS = {
     "whitened": "teaching: whitened micrograph",
@@ -43,31 +38,6 @@ def truth_table(viewer, micrograph_name: str) -> pd.DataFrame | None:
         return None
     feats = viewer.layers[name].features
     return pd.DataFrame(feats) if {"x", "y"} <= set(feats.columns) and len(feats) else None
-
-
-def teaching_job(image, pixel_size_a, template, config, out_dir, micrograph_path=None,
-                 micrograph_name="micrograph", overwrite=False, truth=None, pace=None):
-    """Generator: ``("search", Search)``, then ``("teach", TeachingStep)`` s.
-
-    Returns ``(SearchResult, results_folder)`` (saved as a normal search saves it),
-    or None when cancelled; other failures raise ``SearchError`` (one line).
-    """
-    from napari_2dtm.errors import SearchCancelled
-    from napari_2dtm.jobs.teaching import TeachingSearch
-
-    try:
-        teacher = TeachingSearch(image, pixel_size_a, template, config, truth=truth,
-                                 **dict(PACE, **(pace or {})))
-        yield ("search", teacher.search)
-        for step in teacher.steps():
-            yield ("teach", step)
-    except SearchCancelled:
-        return None
-    except RuntimeError as e:
-        raise SearchError(one_line(e)) from e
-    folder = save_results(teacher.result, out_dir, image, pixel_size_a, micrograph_path,
-                          micrograph_name, overwrite)
-    return teacher.result, folder
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

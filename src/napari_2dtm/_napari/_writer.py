@@ -30,11 +30,11 @@ def hits_table(data, attributes: dict) -> pd.DataFrame:
 def write_hits(path: str, data, attributes: dict) -> list[str]:
     """npe2 single-layer writer for points: ``.star`` or ``.csv`` by extension.
 
-    Files are written by :func:`napari_2dtm.search.results.write_hits`, exactly as in a
+    Files are written by :func:`napari_2dtm.io.star.write_hits`, exactly as in a
     results folder; the STAR optics block takes the pixel size from the layer scale
     and the CTF from the layer metadata when the layer came from a search.
     """
-    from napari_2dtm.search.results import write_hits as write_table
+    from napari_2dtm.io.star import write_hits as write_table
 
     info = (attributes.get("metadata") or {}).get("napari_2dtm", {})
     scale = attributes.get("scale")

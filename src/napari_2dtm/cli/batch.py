@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 
+from napari_2dtm.errors import Cancelled
 from napari_2dtm.jobs.batch import CTFSource, find_micrographs, run_batch
 
-from .search import add_search_options, config_from_args, template_kwargs
+from .search import add_search_options, cancel_on_signals, config_from_args, template_kwargs
 
 
 def _print_row(r: dict) -> None:
@@ -39,14 +41,23 @@ def run(args) -> int:
           + (f", {args.shards} orientation shards each" if args.shards > 1 else ""), file=sys.stderr)
     tpl = args.template
     if args.template_pixel_size is not None:
-        from napari_2dtm.templates.template import load_template  # noqa: PLC0415
+        from napari_2dtm.templates.load import load_template  # noqa: PLC0415
 
         tpl = load_template(tpl, pixel_size_a=args.template_pixel_size)
-    summary = run_batch(
-        mics, args.out, tpl, cfg, ctf=source, pixel_size_a=args.pixel_size,
-        template_kwargs=template_kwargs(args), retry_failed=args.retry_failed,
-        workers=args.workers, scheduler=args.scheduler,
-        threads_per_worker=args.threads_per_worker, shards=args.shards, on_row=_print_row)
+    cancel = threading.Event()
+    try:
+        with cancel_on_signals(cancel):
+            summary, _ = run_batch(
+                mics, args.out, tpl, cfg, ctf=source, pixel_size_a=args.pixel_size,
+                template_kwargs=template_kwargs(args), retry_failed=args.retry_failed,
+                workers=args.workers, scheduler=args.scheduler,
+                threads_per_worker=args.threads_per_worker, shards=args.shards,
+                metric=args.metric, threshold=args.threshold, progress=_print_row,
+                cancel=cancel)
+    except Cancelled:
+        print(f"\nbatch interrupted; run the same command again to continue "
+              f"(summary in {Path(args.out) / 'summary.csv'})", file=sys.stderr)
+        return 130
     counts = summary["status"].value_counts().to_dict()
     print(f"batch: {counts.get('done', 0)} done, {counts.get('skipped', 0)} skipped (done earlier), "
           f"{counts.get('failed', 0)} failed; summary in {Path(args.out) / 'summary.csv'}",

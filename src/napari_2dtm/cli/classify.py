@@ -1,40 +1,28 @@
-"""``napari-2dtm classify``: in situ classification of hits with several templates."""
+"""``napari-2dtm classify``: in situ classification of hits with several templates.
+
+A door to :func:`napari_2dtm.jobs.classify.run_classify` (the widget's too): it reads
+results folders (or a micrograph with a hits file and a CTF) into
+:class:`~napari_2dtm.jobs.classify.ClassifyInput`, prints the template check and a
+progress bar on stderr, and the summary at the end.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from napari_2dtm.classify.mixture import (
-    check_templates,
-    classify_scores,
-    load_template_set,
-    score_hits,
-    write_classification,
-)
 from napari_2dtm.core.ctf import CTFParams, read_ctffind
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import read_micrograph
+from napari_2dtm.jobs.classify import ClassifyInput, run_classify
 
 
-def _micrograph_of(folder: Path, meta: dict) -> Path:
-    """The micrograph a results folder was searched on (as recorded, or next to it)."""
-    rec = meta.get("micrograph")
-    if not rec:
-        raise InputError(f"{folder}: search.json names no micrograph; give --micrograph")
-    p = Path(rec)
-    for cand in (p, folder / p, folder.parent / p, folder / "input" / p.name):
-        if cand.is_file():
-            return cand
-    raise InputError(f"{folder}: micrograph {rec} not found; give --micrograph")
-
-
-def _inputs(args) -> list[dict]:
-    """One dict per micrograph: image, pixel_size_a, hits, ctf, result, name."""
-    from napari_2dtm.search.results import read_hits, read_results  # noqa: PLC0415
+def _inputs(args) -> list[ClassifyInput]:
+    """One input per micrograph (a results folder's CTF unless one is given)."""
+    from napari_2dtm.io.star import read_hits  # noqa: PLC0415
+    from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
 
     jobs = []
     if args.results:
@@ -43,13 +31,15 @@ def _inputs(args) -> list[dict]:
         if args.micrograph is not None and len(args.results) > 1:
             raise InputError("--micrograph can only replace the micrograph of one results folder")
         for folder in args.results:
-            folder = Path(folder)
-            res = read_results(folder)
-            mic = Path(args.micrograph) if args.micrograph else _micrograph_of(folder, res.metadata)
-            image, px = read_micrograph(mic, args.pixel_size or res.input_pixel_size_a)
-            ctf = _ctf(args) if _ctf_given(args) else CTFParams(**res.metadata.get("config", {}).get("ctf", {}))
-            jobs.append(dict(image=image, pixel_size_a=px, hits=res.hits, ctf=ctf, result=res,
-                             name=mic.name, source=str(folder)))
+            rf = ResultsFolder.open(folder)
+            if args.micrograph:
+                mic = Path(args.micrograph)
+                image, px = read_micrograph(mic, args.pixel_size or rf.input_pixel_size_a)
+            else:
+                image, px = rf.read_micrograph(args.pixel_size)
+                mic = rf.micrograph_path()
+            jobs.append(ClassifyInput(image, px, rf.hits, _ctf(args) if _ctf_given(args) else rf.ctf,
+                                      name=mic.name, result=rf.result, source=str(folder)))
     else:
         if args.micrograph is None or args.hits is None:
             raise InputError("give one or more results folders, or --micrograph and --hits")
@@ -57,16 +47,15 @@ def _inputs(args) -> list[dict]:
         hits_path = Path(args.hits)
         if not hits_path.is_file():
             raise InputError(f"{hits_path}: hits file not found")
-        hits = read_hits(hits_path)
-        jobs.append(dict(image=image, pixel_size_a=px, hits=hits, ctf=_ctf(args), result=None,
-                         name=Path(args.micrograph).name, source=str(hits_path)))
+        jobs.append(ClassifyInput(image, px, read_hits(hits_path), _ctf(args),
+                                  name=Path(args.micrograph).name, source=str(hits_path)))
     for j in jobs:
-        h = pd.DataFrame(j["hits"])
+        h = pd.DataFrame(j.hits)
         if args.min_zscore is not None:
             if "zscore" not in h:
-                raise InputError(f"{j['source']}: hits have no z-score column for --min-zscore")
+                raise InputError(f"{j.source}: hits have no z-score column for --min-zscore")
             h = h[h["zscore"] >= args.min_zscore]
-        j["hits"] = h.reset_index(drop=True)
+        j.hits = h.reset_index(drop=True)
     return jobs
 
 
@@ -105,64 +94,42 @@ def _bar(done: int, total: int) -> str:
     return f"\r[{'#' * k}{'.' * (width - k)}] {100 * f:5.1f}%  {done}/{total} hit x template scores"
 
 
+def _printer(template_warnings: list):
+    """The job's progress on stderr: the template check (its warnings also appended to
+    ``template_warnings``), then a bar (redrawn on a terminal, else printed at the end)."""
+    tty = sys.stderr.isatty()
+
+    def show(p):
+        if p.stage == "templates" and p.done == p.total:
+            template_warnings.extend(p.warnings)
+            for w in p.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            print(p.message, file=sys.stderr)
+        elif p.stage == "score" and (tty or p.done == p.total):
+            end = "\n" if p.done == p.total else ""
+            print(_bar(p.done, p.total), end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
 def run(args) -> int:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: classification folder exists; use --overwrite to replace it")
     if len(args.template) < 2:
         raise InputError("give two or more --template (one per state)")
-    jobs = _inputs(args)
-    px = float(args.template_pixel_size or jobs[0]["pixel_size_a"])
-    ts = load_template_set(args.template, px, names=args.name or None,
-                           selections=_selections(args, len(args.template)),
-                           reference=args.reference, bfactor_a2=args.bfactor)
-    template_warnings = check_templates(ts)
-    for w in template_warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    n_total = sum(len(j["hits"]) for j in jobs)
-    print(f"{n_total} hits in {len(jobs)} micrograph(s); templates "
-          + ", ".join(f"{n} ({t.box}^3 at {t.pixel_size_a:g} A)" for n, t in zip(ts.names, ts.templates))
-          + f"; reference {ts.names[ts.reference]}", file=sys.stderr)
-    grid = dict(angular_step_deg=args.angular_step, angular_range_deg=args.angular_range,
-                shift_px=args.shift, defocus_range_a=args.defocus_range,
-                defocus_step_a=args.defocus_step, high_res_limit_a=args.high_res_limit)
-    tty = sys.stderr.isatty()
-    tables, done_before = [], 0
-    t0 = time.perf_counter()
-    for j in jobs:
-        if len(j["hits"]) == 0:
-            continue
-
-        def progress(done, total, base=done_before):
-            if tty or base + done == n_total * len(ts):
-                end = "\n" if base + done == n_total * len(ts) else ""
-                print(_bar(base + done, n_total * len(ts)), end=end, file=sys.stderr, flush=True)
-
-        scored = score_hits(j["image"], j["pixel_size_a"], ts, j["hits"], j["ctf"],
-                            result=j["result"], progress=progress, **grid)
-        scored.insert(0, "micrograph", j["name"])
-        tables.append(scored)
-        done_before += len(j["hits"]) * len(ts)
-    if not tables:
-        raise InputError("no hits to classify")
-    table = pd.concat(tables, ignore_index=True)
-    res = classify_scores(table, ts.names, ts.reference, priors=args.priors,
-                          confidence=args.confidence, select_classes=not args.keep_all_classes)
-    res.warnings[:0] = template_warnings
-    res.params.update(
-        scoring=grid, pixel_size_a=px, inputs=[j["source"] for j in jobs],
-        template_sources=[str(t) for t in args.template],
-        template_selections=_selections(args, len(args.template)),
-        elapsed_s=round(time.perf_counter() - t0, 2),
-    )
-    ctf = jobs[0]["ctf"]
-    write_classification(res, out, overwrite=args.overwrite,
-                         micrograph_name=jobs[0]["name"], pixel_size_a=jobs[0]["pixel_size_a"],
-                         ctf=ctf.to_dict())
+    template_warnings = []
+    res, folder = run_classify(
+        _inputs(args), args.template, Path(args.out), names=args.name or None,
+        selections=_selections(args, len(args.template)), reference=args.reference,
+        template_pixel_size_a=args.template_pixel_size, bfactor_a2=args.bfactor,
+        priors=args.priors, confidence=args.confidence,
+        select_classes=not args.keep_all_classes,
+        grid=dict(angular_step_deg=args.angular_step, angular_range_deg=args.angular_range,
+                  shift_px=args.shift, defocus_range_a=args.defocus_range,
+                  defocus_step_a=args.defocus_step, high_res_limit_a=args.high_res_limit),
+        overwrite=args.overwrite, progress=_printer(template_warnings))
     for w in res.warnings[len(template_warnings):]:
         print(f"note: {w}", file=sys.stderr)
     print(res.summary(), file=sys.stderr)
-    print(f"classification in {out}", file=sys.stderr)
+    print(f"classification in {folder}", file=sys.stderr)
     return 0
 
 

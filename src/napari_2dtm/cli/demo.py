@@ -3,10 +3,13 @@
 With a display: opens napari with the "2DTM demo" sample (a simulated micrograph
 with planted 1BD2 particles), the Search widget docked, and starts the search.
 Without one (no ``$DISPLAY``, or ``--headless``): runs the same search with the same
-settings through the public API, saves the results folder, and a screenshot of it
-opened in napari under Xvfb (or, if Xvfb is missing, a matplotlib figure).
+settings through the search job the widget runs, saves the results folder, and a
+screenshot of it opened in napari under Xvfb (or, if Xvfb is missing, a matplotlib
+figure).
 
-This module imports neither napari nor Qt; the GUI lives in ``napari_2dtm._napari``.
+This module imports neither napari nor Qt, nor ``napari_2dtm._napari`` (the CLI and the
+GUI are separate layers): the window is a separate process, ``python -m
+napari_2dtm._napari._demo launch ...``, as the screenshot is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 from napari_2dtm.errors import InputError
+from napari_2dtm.search.results import MARKER, ResultsFolder
 
 
 def register(subparsers) -> None:
@@ -52,7 +56,7 @@ def has_display() -> bool:
 def _results_dir(out: Path) -> Path:
     """``out/results``; an existing folder is replaced only if it is a results folder."""
     folder = out / "results"
-    if folder.exists() and not (folder / "search.json").is_file():
+    if folder.exists() and not (folder / MARKER).is_file():
         raise InputError(f"{folder}: exists and is not a napari-2dtm results folder; "
                          "choose another --out")
     return folder
@@ -61,38 +65,45 @@ def _results_dir(out: Path) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     folder = _results_dir(args.out)
     if has_display() and not args.headless:
-        from napari_2dtm._napari._demo import launch
-
-        return launch(folder, run=not args.no_run, overwrite=True, teaching=args.teaching)
+        return launch_gui(folder, run=not args.no_run, teaching=args.teaching)
     return run_headless(folder, args.screenshot or args.out / "screenshot.png")
+
+
+def launch_gui(folder: Path, run: bool = True, teaching: bool = False) -> int:
+    """napari with the demo, in its own process; returns its exit code."""
+    cmd = [sys.executable, "-m", "napari_2dtm._napari._demo", "launch", str(folder),
+           "--overwrite"]
+    cmd += [] if run else ["--no-run"]
+    cmd += ["--teaching"] if teaching else []
+    try:
+        return subprocess.run(cmd).returncode
+    except KeyboardInterrupt:
+        return 130
 
 
 def run_headless(folder: Path, png: Path) -> int:
     import numpy as np
 
-    from napari_2dtm import CTFParams, SearchConfig
-    from napari_2dtm._napari._sample_data import DEMO, simulate_sample
-    from napari_2dtm.jobs.search import search_job
+    from napari_2dtm.jobs.search import SearchStarted, run_search
+    from napari_2dtm.samples import DEMO, sample_config, simulate_sample
 
     t0 = time.perf_counter()
     sim = simulate_sample(DEMO)
     print(f"demo: simulated {DEMO['shape'][1]} x {DEMO['shape'][0]} px micrograph at "
           f"{sim.pixel_size_a:g} A/px with {len(sim.truth)} planted 1BD2 particles "
           f"({time.perf_counter() - t0:.1f} s)")
-    config = SearchConfig(ctf=CTFParams(**DEMO["ctf"]), **DEMO["search"])
-    job = search_job(sim.image, sim.pixel_size_a, sim.templates[0], config, folder,
-                     micrograph_name=DEMO["name"], overwrite=True)
-    try:
-        while True:
-            kind, value = next(job)
-            if kind == "search":
-                print(f"demo: searching {value.n_orientations:,} orientations on "
-                      f"{value.backend.name} (about {value.estimate_seconds():.0f} s)")
-            else:
-                print(f"  {100 * value.fraction:5.1f}%  ETA {value.eta_s:5.0f} s  "
-                      f"{value.orientations_per_s:7.0f} orientations/s", flush=True)
-    except StopIteration as stop:
-        result, folder = stop.value
+
+    def progress(p):
+        if isinstance(p, SearchStarted):
+            print(f"demo: searching {p.n_orientations:,} orientations on "
+                  f"{p.device} (about {p.search.estimate_seconds():.0f} s)")
+        else:
+            print(f"  {100 * p.fraction:5.1f}%  ETA {p.eta_s:5.0f} s  "
+                  f"{p.orientations_per_s:7.0f} orientations/s", flush=True)
+
+    result, folder = run_search(sim.image, sim.pixel_size_a, sim.templates[0],
+                                sample_config(DEMO), folder, micrograph_name=DEMO["name"],
+                                overwrite=True, progress=progress)
     hits, truth = result.hits, sim.truth
     found = sum(
         bool(len(hits)) and float(np.hypot(hits.x - x, hits.y - y).min()) <= 4.0
@@ -127,14 +138,13 @@ def _matplotlib_figure(folder: Path, png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    from napari_2dtm import read_results
-    from napari_2dtm.io.mrc import read_micrograph
-
-    res = read_results(folder)
-    image, _ = read_micrograph(res.metadata["micrograph"])
+    view = ResultsFolder.open(folder)
+    res = view.result
+    image, _ = view.read_micrograph()
     fig, axes = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
-    lo, hi = (float(v) for v in __import__("numpy").percentile(image, [0.5, 99.5]))
+    lo, hi = (float(v) for v in np.percentile(image, [0.5, 99.5]))
     axes[0].imshow(image, cmap="gray", vmin=lo, vmax=hi)
     axes[0].scatter(res.hits.x, res.hits.y, s=300, facecolors="none", edgecolors="lime")
     axes[0].set_title(f"micrograph with {len(res.hits)} hits")

@@ -84,19 +84,15 @@ def register(sub) -> None:
 
 
 def _templates(args, first):
-    """``(template, omit template or None)``: --template (else the search's template from
-    search.json) and --omit-template / --omit-selection."""
-    from napari_2dtm.templates.template import load_template, template_suffix
+    """``(template, omit template or None)``: --template (None: the job takes the search's
+    from search.json) and --omit-template / --omit-selection."""
+    from napari_2dtm.templates.load import load_template, template_suffix
 
     px = first.pixel_size_a
     if args.template is None:
         if args.selection or args.omit_selection:
             raise InputError("--selection / --omit-selection need a model --template")
-        if first.result is None:
-            raise InputError("no --template given (a hits STAR records no template)")
-        from napari_2dtm.hits.inspection import template_for_result
-
-        template = template_for_result(first.result)
+        template = None
     else:
         kw = {}
         is_model = template_suffix(args.template) in (".pdb", ".cif", ".mmcif", ".ent")
@@ -121,7 +117,7 @@ def run(args) -> int:
         JobSettings,
         micrograph_from_results,
         micrographs_from_star,
-        run_job,
+        run_reconstruct,
     )
 
     t0 = time.perf_counter()
@@ -152,10 +148,11 @@ def run(args) -> int:
             print(f"[{100 * p.fraction:5.1f}%] {p.message}", flush=True)
 
     n_hits = sum(len(m.hits) for m in mics)
+    name = Path(str(template.source)).name if template is not None else "of the search"
     print(f"napari-2dtm reconstruct: {n_hits} hits on {len(mics)} micrograph(s), "
-          f"template {Path(str(template.source)).name}", flush=True)
-    res = run_job(mics, template, args.out, settings, omit_template=omit,
-                  overwrite=args.overwrite, progress=progress)
+          f"template {name}", flush=True)
+    res, folder = run_reconstruct(mics, template, args.out, settings, omit_template=omit,
+                                  overwrite=args.overwrite, progress=progress)
     s = res.summary
     m = s["map"]
     print(f"particles: {s['n_particles']} ({s['n_dropped_at_edges']} dropped at the edges), "
@@ -170,7 +167,7 @@ def run(args) -> int:
               f"{dens['omit_map']:.1f} sigma of the solvent in the omit-template map, "
               f"{dens['map']:.1f} in the template map")
     print(f"NOTE: {s['fsc_note']}")
-    print(f"job folder: {res.folder} ({time.perf_counter() - t0:.1f} s)")
+    print(f"job folder: {folder} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 from napari_2dtm.core.ctf import CTFParams, read_ctffind
-from napari_2dtm.errors import InputError, SearchCancelled
+from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.io.mrc import read_micrograph
+from napari_2dtm.jobs.search import HITS_METRICS, SearchStarted, run_search
 from napari_2dtm.search.checkpoint import checkpoint_path_for, read_state
-from napari_2dtm.search.engine import Search, SearchConfig
-from napari_2dtm.search.results import write_results
+from napari_2dtm.search.config import SearchConfig
+from napari_2dtm.search.results import ResultsFolder, results_dir_problem
 
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
@@ -52,6 +53,13 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("detection and compute")
     d.add_argument("--n-false-positives", type=float, default=1.0, metavar="N",
                    help="expected false positives per micrograph for the threshold (1)")
+    d.add_argument("--metric", choices=list(HITS_METRICS), default="zscore",
+                   help="detection metric of the hits; neg_log_p = 2DTM p-value (Zhang et al. "
+                        "2025) over the local maxima of the z-score")
+    d.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="detection threshold (default: z-score/SNR false-alarm threshold for "
+                        "--n-false-positives; for neg_log_p t = ln(N_population / N_fp); "
+                        "the authors' fixed cutoff is 8)")
     d.add_argument("--peak-radius", type=float, default=None, metavar="PX",
                    help="minimum distance between hits in search pixels "
                         "(default: 0.7 x the template's particle radius)")
@@ -100,16 +108,17 @@ def _progress_line(p) -> str:
 
 
 @contextlib.contextmanager
-def stop_on_signals(search):
-    """Ctrl-C / SIGTERM (e.g. a batch system's time limit) cancel the search at the next
-    batch boundary, where its checkpoint is consistent, instead of killing it mid-batch."""
+def cancel_on_signals(cancel: threading.Event):
+    """Ctrl-C / SIGTERM (e.g. a batch system's time limit) set ``cancel``: the search
+    stops at the next batch boundary, where its checkpoint is consistent, instead of
+    being killed mid-batch."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     sigs = [signal.SIGINT, signal.SIGTERM]
     old = {sg: signal.getsignal(sg) for sg in sigs}
     for sg in sigs:
-        signal.signal(sg, lambda *_: search.cancel())
+        signal.signal(sg, lambda *_: cancel.set())
     try:
         yield
     finally:
@@ -119,8 +128,9 @@ def stop_on_signals(search):
 
 def run(args) -> int:
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out}: results folder exists; use --overwrite to replace it")
+    problem = results_dir_problem(out, args.overwrite)
+    if problem:
+        raise InputError(problem)
     ckpt = checkpoint_path_for(out)
     if ckpt.exists() and not args.resume:
         if not args.overwrite:
@@ -133,56 +143,40 @@ def run(args) -> int:
     image, px = read_micrograph(args.micrograph, args.pixel_size or px_ctf)
     tpl = args.template
     if args.template_pixel_size is not None:
-        from napari_2dtm.templates.template import load_template  # noqa: PLC0415
+        from napari_2dtm.templates.load import load_template  # noqa: PLC0415
 
         tpl = load_template(tpl, pixel_size_a=args.template_pixel_size)
     use_ckpt = args.checkpoint_interval > 0 or (args.resume and ckpt.exists())
-    s = Search(image, px, tpl, cfg, template_kwargs=template_kwargs(args),
-               checkpoint=ckpt if use_ckpt else None, micrograph_path=args.micrograph)
-    print(f"{args.micrograph}: {image.shape[1]} x {image.shape[0]} px at {px:.3f} A; search at "
-          f"{s.pixel_size_a:.3f} A, {s.n_orientations} orientations x {s.n_planes} planes = "
-          f"{s.n_cc_total} cross-correlations on {s.backend.name}", file=sys.stderr)
-    if args.resume and ckpt.exists():
-        done = read_state(ckpt)["n_cc"] / max(1, s.n_cc_total)
-        print(f"resuming from {ckpt}: {100 * done:.1f}% done", file=sys.stderr)
     tty = sys.stderr.isatty()
+
+    def progress(p):
+        if isinstance(p, SearchStarted):
+            print(f"{args.micrograph}: {image.shape[1]} x {image.shape[0]} px at {px:.3f} A; "
+                  f"search at {p.pixel_size_a:.3f} A, {p.n_orientations} orientations x "
+                  f"{p.n_planes} planes = {p.n_cc_total} cross-correlations on {p.device}",
+                  file=sys.stderr)
+            if args.resume and ckpt.exists():
+                done = read_state(ckpt)["n_cc"] / max(1, p.n_cc_total)
+                print(f"resuming from {ckpt}: {100 * done:.1f}% done", file=sys.stderr)
+        elif tty or p.done:
+            print(_progress_line(p), end="" if not p.done else "\n", file=sys.stderr, flush=True)
+
+    cancel = threading.Event()
     try:
-        with stop_on_signals(s):
-            for p in s.run():
-                if tty or p.done:
-                    print(_progress_line(p), end="" if not p.done else "\n", file=sys.stderr,
-                          flush=True)
-    except SearchCancelled:
+        with cancel_on_signals(cancel):
+            res, _ = run_search(image, px, tpl, cfg, out, micrograph_path=args.micrograph,
+                                overwrite=args.overwrite, metric=args.metric,
+                                threshold=args.threshold, checkpoint=ckpt if use_ckpt else None,
+                                template_kwargs=template_kwargs(args), progress=progress,
+                                cancel=cancel)
+    except Cancelled:
         where = f"; progress saved in {ckpt}, continue with --resume" if use_ckpt else ""
         print(f"\nsearch interrupted{where}", file=sys.stderr)
         return 130
-    res = s.result
-    metric, thr = _detect(res, args, cfg)
-    write_results(res, out, overwrite=args.overwrite, micrograph_path=args.micrograph)
-    s.remove_checkpoint()
-    print(f"{len(res.hits)} hits with {metric} >= {thr:.2f}; results in {out}", file=sys.stderr)
+    view = ResultsFolder.of(res)
+    print(f"{len(res.hits)} hits with {view.hits_metric} >= {view.hits_threshold:.2f}; "
+          f"results in {out}", file=sys.stderr)
     return 0
-
-
-def _detect(res, args, cfg) -> tuple[str, float]:
-    """Add the -ln p map (and column) and re-extract the hits with ``--metric``."""
-    from napari_2dtm.search.detect import extract_hits  # noqa: PLC0415
-    from napari_2dtm.search.pvalue import add_neg_log_p  # noqa: PLC0415
-
-    metric = getattr(args, "metric", "zscore")
-    thr = getattr(args, "threshold", None)
-    try:
-        fit = add_neg_log_p(res)
-    except ValueError as e:  # too few local maxima in a tiny image
-        if metric == "neg_log_p":
-            raise InputError(f"{args.micrograph}: no 2DTM p-value: {e}") from None
-        fit = None
-    if thr is None:
-        thr = fit.threshold(cfg.n_false_positives) if metric == "neg_log_p" else res.threshold
-    res.hits = extract_hits(res, metric=metric, threshold=thr, ctf=cfg.ctf)
-    res.metadata["hits_metric"] = metric
-    res.metadata["hits_threshold"] = float(thr)
-    return metric, float(thr)
 
 
 def register(sub) -> None:
@@ -199,11 +193,4 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search from OUT.checkpoint.npz (same micrograph, "
                         "template and search settings; refused otherwise)")
-    p.add_argument("--metric", choices=["zscore", "snr", "neg_log_p"], default="zscore",
-                   help="detection metric of the hits; neg_log_p = 2DTM p-value (Zhang et al. 2025) "
-                        "over the local maxima of the z-score")
-    p.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="detection threshold (default: z-score/SNR false-alarm threshold for "
-                        "--n-false-positives; for neg_log_p t = ln(N_population / N_fp); "
-                        "the authors' fixed cutoff is 8)")
     p.set_defaults(func=run)

@@ -18,20 +18,21 @@ is at the box centre, ``x`` = column, ``y`` = row, ZYZ Euler angles in degrees; 
 correlation at a pixel is ``sum_u image(pixel + u) * template(u)``, so the template
 drawn centred on the hit is what the search matched.
 
-No Qt, no napari: the Hits widget draws these arrays; scripts can too.
+No Qt, no napari: the Hits widget draws these arrays; scripts can too. (The module is
+``inspection``, not ``inspect``: that name shadowed the standard library's module.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import InputError
-from napari_2dtm.templates.template import Template, load_template
+from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.template import Template
 
 from .local import LocalScorer
 
@@ -96,12 +97,13 @@ class HitInspector:
     @classmethod
     def for_result(cls, result, image, template=None, view_px: int | None = None) -> HitInspector:
         """Inspector with the CTF and resolution limit of a search result."""
-        cfg = dict((result.metadata or {}).get("config", {}))
-        ctf = CTFParams(**(cfg.get("ctf") or {}))
+        from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
+
+        view = ResultsFolder.of(result)
         if template is None:
             template = template_for_result(result)
-        return cls(image, result.input_pixel_size_a, template, ctf,
-                   cfg.get("high_res_limit_a"), view_px)
+        return cls(image, result.input_pixel_size_a, template, view.ctf,
+                   view.high_res_limit_a, view_px)
 
     @property
     def whitened(self) -> np.ndarray:
@@ -154,15 +156,17 @@ def template_for_result(result) -> Template:
     """The search's template, rebuilt from ``search.json`` (a map file, or a model
     converted with the recorded parameters). Raises :class:`InputError` when the
     search used an in-memory array (open the template as a 3D layer instead)."""
-    info = dict((result.metadata or {}).get("template") or {})
-    source = str(info.get("source") or "")
-    params = dict(info.get("params") or {})
-    if not source or not Path(source).is_file():
+    from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
+
+    info = ResultsFolder.of(result).template
+    source = str(info.source or "")
+    params = info.params
+    if not info.is_file:
         raise InputError(
             f"template {source or '(unknown)'!r} of the search is not a file on this "
             "computer; give the template (a 3D image layer or a map/model file)"
         )
-    px = float(info.get("pixel_size_a") or params.get("pixel_size_a") or result.input_pixel_size_a)
+    px = float(info.pixel_size_a or params.get("pixel_size_a") or result.input_pixel_size_a)
     kwargs = {}
     if params.get("kind") == "atomic_model":
         for key in ("box", "bfactor_a2", "use_model_bfactors", "keep_hydrogens", "keep_waters",

@@ -28,7 +28,8 @@ from napari_2dtm.core.filters import prepare_image
 from napari_2dtm.core.geometry import euler_to_matrix, local_grid
 from napari_2dtm.core.projection import FourierVolume, extract_slices, subtract_edge_mean
 from napari_2dtm.errors import InputError
-from napari_2dtm.templates.template import Template, load_template
+from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.template import Template
 
 __all__ = ["LocalScorer", "local_search"]
 
@@ -214,7 +215,7 @@ def local_search(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: 
     ((cc - mean) / std from the result's maps at the pixel; NaN without a result).
     Pass the same grid for several templates to compare them without favouring one.
     """
-    from napari_2dtm.search.engine import defocus_offsets  # noqa: PLC0415 (engine imports are heavy)
+    from napari_2dtm.search.config import defocus_offsets  # noqa: PLC0415 (keeps hits free of search at import)
 
     if scorer is None:
         if result is not None and high_res_limit_a is None:

@@ -33,15 +33,11 @@ import numpy as np
 import pandas as pd
 
 from napari_2dtm.core.ctf import CTFParams
-from napari_2dtm.errors import InputError
+from napari_2dtm.errors import Cancelled, InputError
 
 from .local import LocalScorer, local_search
 
-__all__ = ["RefineStage", "DEFAULT_STAGES", "refine_hits", "RefinementCancelled", "stages_from"]
-
-
-class RefinementCancelled(RuntimeError):
-    """Raised inside a refinement when the caller cancelled it."""
+__all__ = ["RefineStage", "DEFAULT_STAGES", "refine_hits", "stages_from"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +112,7 @@ def refine_hits(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: C
     optionally defocus_a; result: the :class:`~napari_2dtm.search.engine.SearchResult` the
     hits came from (its maps put the refined z-score on the search's scale; its
     ``high_res_limit_a`` is used). progress(done, total) counts hit x stage steps;
-    setting ``cancel`` stops with :class:`RefinementCancelled`.
+    setting ``cancel`` stops with :class:`~napari_2dtm.errors.Cancelled`.
 
     Returns a copy of ``hits`` with x, y (sub-pixel), phi, theta, psi, defocus_a,
     defocus1_a, defocus2_a, cc, snr, zscore refined, the search's values kept as
@@ -140,7 +136,7 @@ def refine_hits(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: C
     for k, st in enumerate(stages):
         def prog(i, _n, k=k):
             if cancel is not None and cancel.is_set():
-                raise RefinementCancelled("refinement cancelled")
+                raise Cancelled("refinement cancelled")
             if progress is not None:
                 progress(k * n + i, total)
 

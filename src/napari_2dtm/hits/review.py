@@ -16,7 +16,7 @@ and a script or the CLI can do the same:
   ``accepted``, ``rejected``), re-extracts with another metric, radius, floor or
   exclusion mask while carrying the decisions over, saves and restores itself in
   ``<results folder>/review/`` (atomic writes), and exports STAR (RELION 5 names,
-  via :func:`napari_2dtm.search.results.write_hits`) or CSV of all hits or accepted ones.
+  via :func:`napari_2dtm.io.star.write_hits`) or CSV of all hits or accepted ones.
 
 Positions: ``x``, ``y`` are input-micrograph pixels (0-based centres, x = column);
 ``x_search``, ``y_search`` the search-grid pixel of the peak (see docs/conventions.md).
@@ -35,6 +35,12 @@ from scipy.spatial import cKDTree
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_path, atomic_write_text, read_mrc, write_mrc
 from napari_2dtm.search.detect import expected_false_positives, extract_hits, false_alarm_threshold
+from napari_2dtm.search.pvalue import (
+    add_neg_log_p,
+    expected_false_positives_pvalue,
+    pvalue_threshold,
+    result_population_mask,
+)
 
 __all__ = [
     "METRICS", "STATUSES", "REVIEW_DIR", "NoiseModel", "Review", "extract_candidates",
@@ -59,19 +65,10 @@ _KEEP = object()
 # ------------------------------------------------------------------ metrics
 
 
-def pvalue_available() -> bool:
-    """True when :mod:`napari_2dtm.search.pvalue` (the -ln p metric) can be imported."""
-    try:
-        from napari_2dtm.search import pvalue  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def available_metrics(result) -> list[str]:
     """Metrics that can be reviewed for ``result``: maps it has or -ln p computable."""
     keys = [k for k in METRICS if k in result.maps]
-    if "neg_log_p" not in keys and pvalue_available() and {"zscore", "snr"} <= set(result.maps):
+    if "neg_log_p" not in keys and {"zscore", "snr"} <= set(result.maps):
         keys.append("neg_log_p")
     return keys
 
@@ -96,10 +93,6 @@ def metric_map(result, metric: str, exclusion: np.ndarray | None = None) -> np.n
     current = meta.get("exclusion_key") if meta.get("exclusion_mask") else None
     if have and current == key:
         return result.maps["neg_log_p"]
-    if not pvalue_available():
-        raise InputError("the -ln p metric needs napari_2dtm.search.pvalue, which is not installed")
-    from napari_2dtm.search.pvalue import add_neg_log_p
-
     add_neg_log_p(result, mask=None if exclusion is None else ~np.asarray(exclusion, bool))
     result.metadata["neg_log_p"]["exclusion_key"] = key
     return result.maps["neg_log_p"]
@@ -110,8 +103,6 @@ def population_size(result) -> float:
     meta = (result.metadata or {}).get("neg_log_p") or {}
     if meta.get("n_population"):
         return float(meta["n_population"])
-    from napari_2dtm.search.pvalue import result_population_mask
-
     pop = result_population_mask(result)
     if pop is None:
         raise InputError("the search result has no -ln p map")
@@ -154,8 +145,6 @@ class NoiseModel:
         """Expected noise peaks with metric >= ``t`` (scalar or array)."""
         t = np.asarray(t, dtype=np.float64)
         if self.metric == "neg_log_p":
-            from napari_2dtm.search.pvalue import expected_false_positives_pvalue
-
             out = np.asarray(expected_false_positives_pvalue(t, self.n, self.gamma))
         else:
             out = expected_false_positives(t, self.n)
@@ -166,8 +155,6 @@ class NoiseModel:
         if n_false_positives <= 0:
             raise InputError(f"expected false positives must be > 0, got {n_false_positives}")
         if self.metric == "neg_log_p":
-            from napari_2dtm.search.pvalue import pvalue_threshold
-
             return max(0.0, pvalue_threshold(self.n, n_false_positives))
         return false_alarm_threshold(self.n, n_false_positives)
 
@@ -255,6 +242,7 @@ class Review:
         self.n_false_positives = float(n_false_positives)
         self.table = pd.DataFrame()
         self.metric = metric
+        self._extracted_metric: str | None = None  # the metric of the current candidates
         self.extract(metric, radius_px, floor, exclusion)
         if threshold is not None:
             self.set_threshold(threshold)
@@ -265,18 +253,24 @@ class Review:
         return dict(self.result.metadata or {})
 
     @property
+    def results(self):
+        """The typed view of the result and its folder
+        (:class:`~napari_2dtm.search.results.ResultsFolder`)."""
+        from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
+
+        return ResultsFolder.of(self.result, self.folder)
+
+    @property
     def micrograph_name(self) -> str:
-        mic = self.metadata.get("micrograph")
-        return Path(mic).name if mic else "micrograph.mrc"
+        return self.results.micrograph_name
 
     @property
     def ctf(self) -> dict:
-        return dict(self.metadata.get("config", {}).get("ctf", {}) or {})
+        return self.results.ctf.to_dict() if self.metadata.get("config") else {}
 
     @property
     def default_radius_px(self) -> float:
-        m = self.metadata
-        return float(m.get("peak_radius_px") or m.get("config", {}).get("peak_radius_px") or 10.0)
+        return self.results.peak_radius_px
 
     # ----------------------------------------------------------- extraction
     def extract(self, metric: str | None = None, radius_px=_KEEP, floor=_KEEP,
@@ -309,7 +303,7 @@ class Review:
                 status = table["status"].to_numpy(object).copy()
                 status[j[ok]] = reviewed["status"].to_numpy(object)[ok]
                 table["status"] = pd.Categorical(status, categories=STATUSES)
-        new_metric = metric != getattr(self, "_extracted_metric", None)
+        new_metric = metric != self._extracted_metric
         self.table = table
         self.metric = self._extracted_metric = metric
         self._values = table[metric].to_numpy(np.float64) if len(table) else np.zeros(0)
@@ -477,7 +471,7 @@ class Review:
     def export(self, path, which: str = "all", overwrite: bool = True) -> pd.DataFrame:
         """Write the selection to ``.star`` (RELION 5 names, z-score/SNR/-ln p columns)
         or ``.csv``; returns the exported table."""
-        from napari_2dtm.search.results import write_hits
+        from napari_2dtm.io.star import write_hits
 
         table = self.selection(which)
         write_hits(table, path, micrograph_name=self.micrograph_name,

@@ -132,6 +132,40 @@ def atomic_write_text(path: str | Path, text: str):
         Path(tmp).write_text(text)
 
 
+@contextlib.contextmanager
+def atomic_dir(final_dir: str | Path, *, overwrite: bool = False, marker: str | None = None,
+               what: str = "folder"):
+    """Yield an empty temporary folder beside ``final_dir``; on success it replaces it.
+
+    The one way the project writes a folder: a reader never sees a half-written one, and
+    an error or a cancel leaves the old folder (if any) as it was and no temporary behind.
+
+    final_dir: the folder to write. overwrite: replace an existing ``final_dir``;
+    without it an existing folder is one :class:`InputError`. marker: a file name that
+    every folder of this kind holds (``search.json``, ...): an existing folder without it
+    was not written by the project and is never replaced, overwrite or not. what: the
+    kind of folder, for the messages ("results folder").
+    """
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        if not final_dir.is_dir():
+            raise InputError(f"{final_dir}: exists and is not a folder; choose another output")
+        if marker is not None and not (final_dir / marker).is_file():
+            raise InputError(f"{final_dir}: exists and is not a napari-2dtm {what} (no "
+                             f"{marker}); refusing to replace it, choose another output")
+        if not overwrite:
+            raise InputError(f"{final_dir}: {what} exists; use --overwrite to replace it")
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp",
+                                dir=final_dir.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def replace_dir(tmp_dir: Path, final_dir: Path):
     """Move a finished temporary folder into place (replacing an old one if present)."""
     final_dir = Path(final_dir)

@@ -23,18 +23,28 @@ ranges (K tasks) whose partial statistics are merged by max and sums into the sa
 result as one run.
 
 Per-micrograph CTF comes from a CTFFIND output file matched by name in a folder
-(:class:`CTFSource` with ``ctffind_dir``) or a RELION STAR file with
-``rlnMicrographName`` and ``rlnDefocusU/V/Angle`` (``star``).
+(:class:`~napari_2dtm.io.micrographs.CTFSource` with ``ctffind_dir``) or a RELION STAR
+file with ``rlnMicrographName`` and ``rlnDefocusU/V/Angle`` (``star``); the inputs
+(:func:`~napari_2dtm.io.micrographs.find_micrographs`, :class:`CTFSource`) live in
+:mod:`napari_2dtm.io.micrographs` and are re-exported here.
+
+Each micrograph is searched by :func:`napari_2dtm.jobs.search.run_search` (sharded
+searches end in its :func:`~napari_2dtm.jobs.search.save_results`), so its results
+folder is the one ``napari-2dtm search`` writes. :func:`run_batch` follows the jobs'
+protocol: ``progress`` gets each summary row as it is finished, ``cancel`` (an Event)
+stops the batch between micrographs (the running search at its next orientation batch,
+its checkpoint kept) and raises :class:`~napari_2dtm.errors.Cancelled`; it returns
+``(summary, out_dir)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,9 +52,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_2dtm.core.ctf import CTFParams, read_ctffind
-from napari_2dtm.errors import InputError
+from napari_2dtm.errors import Cancelled, InputError, one_line
+from napari_2dtm.io.micrographs import (
+    MICROGRAPH_SUFFIXES,
+    CTFSource,
+    find_micrographs,
+    micrograph_name,
+)
 from napari_2dtm.io.mrc import atomic_write_text, read_micrograph
+from napari_2dtm.jobs.search import run_search, save_results
 from napari_2dtm.search.checkpoint import (
     checkpoint_path_for,
     identity_difference,
@@ -52,170 +68,16 @@ from napari_2dtm.search.checkpoint import (
     merge_partials,
     shard_ranges,
 )
-from napari_2dtm.search.engine import _RUNTIME_FIELDS, Search, SearchConfig, orientation_list
-from napari_2dtm.search.results import write_results
-from napari_2dtm.templates.template import Template, load_template
+from napari_2dtm.search.config import _RUNTIME_FIELDS, SearchConfig, orientation_list
+from napari_2dtm.search.engine import Search
+from napari_2dtm.search.results import MARKER, ResultsFolder
+from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.template import Template
 
-__all__ = ["find_micrographs", "CTFSource", "BatchJob", "run_batch", "read_summary",
-           "batch_status", "SUMMARY_COLUMNS", "MICROGRAPH_SUFFIXES"]
+__all__ = ["find_micrographs", "micrograph_name", "CTFSource", "BatchJob", "run_batch",
+           "read_summary", "batch_status", "SUMMARY_COLUMNS", "MICROGRAPH_SUFFIXES"]
 
-MICROGRAPH_SUFFIXES = (".mrc", ".mrcs", ".MRC", ".MRCS")
 SUMMARY_COLUMNS = ["micrograph", "name", "status", "n_hits", "error", "time_s", "results"]
-
-
-# ------------------------------------------------------------------ inputs
-def find_micrographs(inputs: Iterable) -> list[Path]:
-    """Micrograph paths from folders (their ``*.mrc``), glob patterns, plain paths, or
-    text files listing one path per line (``.txt``/``.lst``). Sorted within a folder or
-    glob, in the given order otherwise, without duplicates.
-
-    A pattern or folder that matches nothing is an :class:`InputError`; a listed file that
-    does not exist is kept (it fails in the batch with a clear message).
-    """
-    out: list[Path] = []
-    for item in inputs:
-        s = str(item)
-        p = Path(s)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix in MICROGRAPH_SUFFIXES and q.is_file())
-            if not found:
-                raise InputError(f"{p}: no micrographs (*.mrc) in this folder")
-            out += found
-        elif glob.has_magic(s):
-            found = sorted(Path(q) for q in glob.glob(s))
-            if not found:
-                raise InputError(f"{s}: no file matches this pattern")
-            out += found
-        elif p.suffix.lower() in (".txt", ".lst") and p.is_file():
-            base = p.parent
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    q = Path(line)
-                    out.append(q if q.is_absolute() else base / q)
-        else:
-            out.append(p)
-    seen, unique = set(), []
-    for p in out:
-        key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    names: dict[str, Path] = {}
-    for p in unique:
-        n = micrograph_name(p)
-        if n in names:
-            raise InputError(f"{p}: same name as {names[n]}; results folders are named after "
-                             "the micrograph file, so names must be unique")
-        names[n] = p
-    return unique
-
-
-def micrograph_name(path) -> str:
-    """Results-folder name of a micrograph: its file name without the extension."""
-    name = Path(path).name
-    for suf in MICROGRAPH_SUFFIXES:
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem
-
-
-class CTFSource:
-    """Per-micrograph CTF: a CTFFIND file matched by name, a STAR file, or one CTF for all.
-
-    ctffind_dir: folder of CTFFIND4/5 output ``.txt`` files; for micrograph ``NAME.mrc``
-    the file ``NAME.txt`` or ``NAME_<anything>.txt`` (not ``*_avrot.txt``) is used.
-    star: RELION STAR file (``micrographs_ctf.star``) with ``rlnMicrographName``,
-    ``rlnDefocusU``, ``rlnDefocusV``, ``rlnDefocusAngle`` (and optionally
-    ``rlnPhaseShift``; voltage, Cs, amplitude contrast and pixel size from the optics
-    block), matched by file name. default: the CTF used when neither is given.
-    """
-
-    def __init__(self, ctffind_dir=None, star=None, default: CTFParams | None = None,
-                 default_pixel_size_a: float | None = None):
-        if ctffind_dir is not None and star is not None:
-            raise InputError("give CTFFIND files or a STAR file for the CTF, not both")
-        self.ctffind_dir = Path(ctffind_dir) if ctffind_dir is not None else None
-        if self.ctffind_dir is not None and not self.ctffind_dir.is_dir():
-            raise InputError(f"{self.ctffind_dir}: CTFFIND folder not found")
-        self.default = default or CTFParams()
-        self.default_pixel_size_a = default_pixel_size_a
-        self.star = Path(star) if star is not None else None
-        self._table = _read_ctf_star(self.star) if self.star is not None else None
-
-    @property
-    def star_micrographs(self) -> list[str]:
-        return [] if self._table is None else list(self._table["rlnMicrographName"])
-
-    def for_micrograph(self, path) -> tuple[CTFParams, float | None]:
-        """``(CTFParams, pixel size from the CTF source or None)`` for one micrograph."""
-        path = Path(path)
-        if self.ctffind_dir is not None:
-            return read_ctffind(self._match_ctffind(path))
-        if self._table is not None:
-            return self._from_star(path)
-        return self.default, self.default_pixel_size_a
-
-    def _match_ctffind(self, path: Path) -> Path:
-        stem = micrograph_name(path)
-        exact = self.ctffind_dir / f"{stem}.txt"
-        if exact.is_file():
-            return exact
-        cands = sorted(p for p in self.ctffind_dir.glob(f"{glob.escape(stem)}[_.-]*.txt")
-                       if not p.name.endswith("_avrot.txt") and p.is_file())
-        if not cands:
-            raise InputError(f"{path}: no CTFFIND file {stem}.txt or {stem}_*.txt in "
-                             f"{self.ctffind_dir}")
-        if len(cands) > 1:
-            raise InputError(f"{path}: several CTFFIND files match in {self.ctffind_dir} "
-                             f"({', '.join(p.name for p in cands[:3])})")
-        return cands[0]
-
-    def _from_star(self, path: Path) -> tuple[CTFParams, float | None]:
-        t = self._table
-        names = t["rlnMicrographName"].astype(str)
-        hit = t[names.map(lambda s: Path(s).name) == path.name]
-        if hit.empty:
-            hit = t[names.map(micrograph_name) == micrograph_name(path)]
-        if hit.empty:
-            raise InputError(f"{path}: not listed in {self.star} (rlnMicrographName)")
-        r = hit.iloc[0]
-
-        def get(col, default):
-            v = r.get(col, default)
-            return default if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-        params = CTFParams(
-            defocus1_a=get("rlnDefocusU", 0.0), defocus2_a=get("rlnDefocusV", get("rlnDefocusU", 0.0)),
-            astigmatism_angle_deg=get("rlnDefocusAngle", 0.0),
-            phase_shift_deg=get("rlnPhaseShift", 0.0), voltage_kv=get("rlnVoltage", 300.0),
-            cs_mm=get("rlnSphericalAberration", 2.7),
-            amplitude_contrast=get("rlnAmplitudeContrast", 0.07))
-        px = get("rlnMicrographPixelSize", get("rlnImagePixelSize", 0.0)) or None
-        return params, px
-
-
-def _read_ctf_star(path: Path) -> pd.DataFrame:
-    import starfile  # noqa: PLC0415
-
-    if not path.is_file():
-        raise InputError(f"{path}: STAR file not found")
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as e:
-        raise InputError(f"{path}: not a readable STAR file ({type(e).__name__}: {e})") from None
-    mics = next((df for name, df in blocks.items()
-                 if isinstance(df, pd.DataFrame) and "rlnMicrographName" in df.columns), None)
-    if mics is None:
-        raise InputError(f"{path}: no table with rlnMicrographName")
-    if "rlnDefocusU" not in mics.columns:
-        raise InputError(f"{path}: no rlnDefocusU column (run CTF estimation first)")
-    optics = blocks.get("optics")
-    if isinstance(optics, pd.DataFrame) and "rlnOpticsGroup" in optics.columns \
-            and "rlnOpticsGroup" in mics.columns:
-        extra = [c for c in optics.columns if c not in mics.columns or c == "rlnOpticsGroup"]
-        mics = mics.merge(optics[extra], on="rlnOpticsGroup", how="left")
-    return mics.reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ the jobs
@@ -236,6 +98,8 @@ class BatchJob:
     template_source: str | None = None
     template_kwargs: dict = dataclasses.field(default_factory=dict)
     error: str | None = None  # set when the job could not even be prepared
+    metric: str = "zscore"  # hits detection (see jobs.search.detect_hits)
+    threshold: float | None = None
 
     @property
     def results_dir(self) -> Path:
@@ -257,9 +121,9 @@ def _row(job: BatchJob, status, n_hits=None, error=None, time_s=None) -> dict:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    return msg if isinstance(e, InputError) else f"{type(e).__name__}: {msg}"
+    """A summary row's error: the input error's line, else the exception type too (an
+    unexpected failure should say what it was)."""
+    return one_line(e) if isinstance(e, InputError) else f"{type(e).__name__}: {one_line(e)}"
 
 
 def _load(job: BatchJob, template=None):
@@ -274,29 +138,30 @@ def _load(job: BatchJob, template=None):
 
 
 def _is_model(source: str) -> bool:
-    from napari_2dtm.templates.template import _MODEL_SUFFIXES, template_suffix  # noqa: PLC0415
+    from napari_2dtm.templates.load import _MODEL_SUFFIXES, template_suffix  # noqa: PLC0415
 
     return template_suffix(source) in _MODEL_SUFFIXES
 
 
-def search_micrograph(job: BatchJob, template=None) -> dict:
+def search_micrograph(job: BatchJob, template=None, cancel: threading.Event | None = None) -> dict:
     """Search one micrograph into its results folder; returns its summary row.
 
     template: overrides ``job.template`` (dask passes the scattered template here).
-    Never raises for a bad micrograph: the row has ``status="failed"`` and the error.
+    Never raises for a bad micrograph: the row has ``status="failed"`` and the error;
+    raises :class:`~napari_2dtm.errors.Cancelled` when ``cancel`` is set (the
+    checkpoint is kept for the next run).
     """
     t0 = time.perf_counter()
     if job.error:
         return _row(job, "failed", error=job.error)
     try:
         image, px, tpl = _load(job, template)
-        s = Search(image, px, tpl, job.config, checkpoint=job.checkpoint,
-                   micrograph_path=job.micrograph)
-        for _ in s.run():
-            pass
-        write_results(s.result, job.results_dir, micrograph_path=job.micrograph)
-        s.remove_checkpoint()
-        return _row(job, "done", n_hits=len(s.result.hits), time_s=time.perf_counter() - t0)
+        res, _ = run_search(image, px, tpl, job.config, job.results_dir,
+                            micrograph_path=job.micrograph, metric=job.metric,
+                            threshold=job.threshold, checkpoint=job.checkpoint, cancel=cancel)
+        return _row(job, "done", n_hits=len(res.hits), time_s=time.perf_counter() - t0)
+    except Cancelled:
+        raise
     except Exception as e:  # the batch goes on; the row says why
         return _row(job, "failed", error=_one_line(e), time_s=time.perf_counter() - t0)
 
@@ -334,7 +199,8 @@ def merge_shards(job: BatchJob, shards: list, template=None) -> dict:
         image, px, tpl = _load(job, template)
         s = Search(image, px, tpl, job.config, micrograph_path=job.micrograph)
         res = s.result_from_partial(merged)
-        write_results(res, job.results_dir, micrograph_path=job.micrograph)
+        save_results(res, job.results_dir, micrograph_path=job.micrograph, metric=job.metric,
+                     threshold=job.threshold)
         shutil.rmtree(job.shard_dir, ignore_errors=True)
         return _row(job, "done", n_hits=len(res.hits), time_s=spent + time.perf_counter() - t0)
     except Exception as e:
@@ -387,7 +253,7 @@ def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
         if r.get("status") == "failed":
             add(str(r["name"]), status="failed", error=r.get("error"))
     for d in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
-        if d.is_dir() and (d / "search.json").is_file() and not d.name.startswith("."):
+        if d.is_dir() and (d / MARKER).is_file() and not d.name.startswith("."):
             add(d.name)
         elif d.is_file() and d.name.endswith(".checkpoint.npz") and not d.name.startswith("."):
             add(d.name[: -len(".checkpoint.npz")])
@@ -396,14 +262,12 @@ def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
     for name in list(order) if names is None else list(names):
         add(name)
         res = out_dir / name
-        if (res / "search.json").is_file():
-            try:
-                meta_r = json.loads((res / "search.json").read_text())
-            except (OSError, ValueError):
-                meta_r = {}
+        if (res / MARKER).is_file():
+            done = _done_folder(res)
             rows[name].update(status="done", error=None, results=str(res),
-                              n_hits=meta_r.get("n_hits"))
-            rows[name]["micrograph"] = rows[name]["micrograph"] or meta_r.get("micrograph")
+                              n_hits=done.n_hits if done else None)
+            rows[name]["micrograph"] = rows[name]["micrograph"] or (
+                str(done.micrograph_path() or done.recorded_micrograph) if done else None)
             continue
         ck = checkpoint_path_for(res)
         shards = out_dir / f".{name}.shards"
@@ -423,6 +287,14 @@ def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame([rows[n] for n in names_out],
                         columns=["name", "micrograph", "status", "n_hits", "error", "results",
                                  "fraction"])
+
+
+def _done_folder(folder: Path) -> ResultsFolder | None:
+    """A finished micrograph's results folder (``search.json`` only), None if unreadable."""
+    try:
+        return ResultsFolder.open(folder, maps=False)
+    except InputError:
+        return None
 
 
 def _read_batch_json(out_dir: Path) -> dict | None:
@@ -459,9 +331,12 @@ def run_batch(
     scheduler: str | None = None,
     threads_per_worker: int | None = None,
     shards: int = 1,
-    on_row: Callable[[dict], None] | None = None,
-) -> pd.DataFrame:
-    """Search every micrograph; returns (and writes) the summary table.
+    metric: str = "zscore",
+    threshold: float | None = None,
+    progress: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[pd.DataFrame, Path]:
+    """Search every micrograph; returns (and writes) the summary table, and ``out_dir``.
 
     micrographs: paths (see :func:`find_micrographs`); out_dir: the batch folder;
     template: path or :class:`Template`; config: search settings (its CTF is the default
@@ -470,7 +345,9 @@ def run_batch(
     ``LocalCluster`` of N worker processes with ``threads_per_worker`` FFT threads each
     (default: the cores shared out). scheduler: address of a running dask scheduler
     (overrides ``workers``). shards: orientation ranges per micrograph (parallel tasks).
-    on_row: called with each summary row as it is finished.
+    metric, threshold: hits detection of every micrograph (see
+    :func:`~napari_2dtm.jobs.search.detect_hits`). progress: called with each summary row
+    as it is finished. cancel: stops the batch (:class:`~napari_2dtm.errors.Cancelled`).
     """
     config = config or SearchConfig()
     out_dir = Path(out_dir)
@@ -502,12 +379,10 @@ def run_batch(
     jobs: list[BatchJob] = []
     for mic, name in zip(mics, names):
         job = _make_job(mic, name, out_dir, config, tpl, tsrc, tkw, ctf, pixel_size_a)
-        if (job.results_dir / "search.json").is_file():
-            try:
-                n_hits = json.loads((job.results_dir / "search.json").read_text()).get("n_hits")
-            except (OSError, ValueError):
-                n_hits = None
-            rows[name] = _row(job, "skipped", n_hits=n_hits)
+        job.metric, job.threshold = metric, threshold
+        if (job.results_dir / MARKER).is_file():
+            done = _done_folder(job.results_dir)
+            rows[name] = _row(job, "skipped", n_hits=done.n_hits if done else None)
         elif (not retry_failed and previous.get(name, {}).get("status") == "failed"
               and not job.checkpoint.exists()):
             prev = previous[name]
@@ -515,22 +390,22 @@ def run_batch(
         else:
             jobs.append(job)
     for r in rows.values():
-        if on_row:
-            on_row(r)
+        if progress:
+            progress(r)
 
     def finished(r):
         rows[r["name"]] = r
         _write_summary(out_dir, [rows[n] for n in names if n in rows])
-        if on_row:
-            on_row(r)
+        if progress:
+            progress(r)
 
     _write_summary(out_dir, [rows[n] for n in names if n in rows])
     if jobs:
         if scheduler or workers:
-            _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards)
+            _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards, cancel)
         else:
-            _run_here(jobs, finished, shards)
-    return pd.DataFrame([rows[n] for n in names], columns=SUMMARY_COLUMNS)
+            _run_here(jobs, finished, shards, cancel)
+    return pd.DataFrame([rows[n] for n in names], columns=SUMMARY_COLUMNS), out_dir
 
 
 def _initial_template(template, mics, ctf, pixel_size_a, tkw):
@@ -566,16 +441,26 @@ def _shard_plan(job: BatchJob, shards: int):
     return shard_ranges(n, shards) if shards > 1 else None
 
 
-def _run_here(jobs, finished, shards):
+def _check_cancel(cancel):
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("batch cancelled")
+
+
+def _run_here(jobs, finished, shards, cancel=None):
     for job in jobs:
+        _check_cancel(cancel)
         plan = _shard_plan(job, shards)
         if plan is None:
-            finished(search_micrograph(job))
+            finished(search_micrograph(job, cancel=cancel))
         else:
-            finished(merge_shards(job, [search_shard(job, r) for r in plan]))
+            parts = []
+            for r in plan:
+                _check_cancel(cancel)
+                parts.append(search_shard(job, r))
+            finished(merge_shards(job, parts))
 
 
-def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards):
+def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards, cancel=None):
     try:
         from dask.distributed import Client, LocalCluster, as_completed  # noqa: PLC0415
     except ImportError:
@@ -610,6 +495,9 @@ def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards):
                                              key=f"merge-{job.name}"))
         by_key = {f.key: job for f, job in zip(futures, jobs)}
         for fut in as_completed(futures):
+            if cancel is not None and cancel.is_set():
+                client.cancel(futures)  # running searches keep their checkpoints
+                raise Cancelled("batch cancelled")
             try:
                 row = fut.result()
             except Exception as e:  # a worker died (memory, segfault): report, go on

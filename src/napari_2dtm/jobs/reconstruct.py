@@ -1,12 +1,14 @@
-"""The reconstruction job shared by ``napari-2dtm reconstruct`` and the napari widget.
+"""The reconstruction job, behind ``napari-2dtm reconstruct`` and the Reconstruct widget.
 
 Steps, for hits on one or more micrographs: local refinement with the template
 (:mod:`napari_2dtm.hits.refine`), particle boxes and STAR (:mod:`napari_2dtm.reconstruct.particles`),
-reconstruction (:mod:`napari_2dtm.reconstruct.reconstructor`); with an omit template the hits are
-refined with it too, a second map is made from those poses, and the template-bias
-metric Omega (:mod:`napari_2dtm.reconstruct.bias`) and the density in the omitted region are
-reported. Everything lands in a job folder, written to a temporary sibling and moved
-into place (an existing folder is replaced only with ``overwrite``)::
+reconstruction (:mod:`napari_2dtm.reconstruct.reconstructor`, FSC in
+:mod:`napari_2dtm.reconstruct.fsc`); with an omit template the hits are refined with it
+too, a second map is made from those poses, and the template-bias metric Omega
+(:mod:`napari_2dtm.reconstruct.bias`) and the density in the omitted region are
+reported. Everything lands in one job folder, written through
+:func:`napari_2dtm.io.mrc.atomic_dir` (an existing one is replaced only with
+``overwrite``, and only when it holds ``reconstruct.json``)::
 
     map.mrc  map_filtered.mrc  half1.mrc  half2.mrc  mask.mrc  fsc.csv  fsc.png
     particles.star  particles.mrcs  refined_hits.csv
@@ -14,7 +16,14 @@ into place (an existing folder is replaced only with ``overwrite``)::
      omit_particles.star  omit_particles.mrcs  omit_refined_hits.csv  omit_region_mask.mrc]
     reconstruct.json   (all parameters, resolutions, Omega, timings, the FSC note)
 
-No Qt, no napari: the widget runs :func:`run_job` in a worker thread.
+The doors: the CLI builds its micrographs with :func:`micrograph_from_results` or
+:func:`micrographs_from_star` and calls :func:`run_reconstruct`; the widget hands the
+hits and micrograph of its layers to :func:`run_reconstruct_from_hits` in a worker
+thread. Both follow the jobs' protocol (:mod:`napari_2dtm.jobs`): ``progress`` gets
+:class:`JobProgress` records, a set ``cancel`` event raises
+:class:`~napari_2dtm.errors.Cancelled` (nothing written), bad input
+:class:`~napari_2dtm.errors.InputError`; they return ``(JobResult, folder)``.
+No Qt, no napari.
 """
 
 from __future__ import annotations
@@ -22,8 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,30 +40,30 @@ import numpy as np
 import pandas as pd
 
 from napari_2dtm.core.ctf import CTFParams
-from napari_2dtm.errors import InputError
+from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits
-from napari_2dtm.io.mrc import read_micrograph, replace_dir, write_mrc
+from napari_2dtm.io.mrc import atomic_dir, read_micrograph, write_mrc
+from napari_2dtm.plots import draw_fsc
 from napari_2dtm.reconstruct.bias import (
     BiasReport,
     difference_mask,
     fit_to_box,
     template_bias,
 )
+from napari_2dtm.reconstruct.fsc import FSC_NOTE, soft_mask
 from napari_2dtm.reconstruct.particles import (
     ParticleSet,
     concat_particles,
     extract_particles,
     write_particles,
 )
-from napari_2dtm.reconstruct.reconstructor import (
-    FSC_NOTE,
-    Reconstruction,
-    reconstruct,
-)
-from napari_2dtm.templates.template import Template, load_template
+from napari_2dtm.reconstruct.reconstructor import Reconstruction, reconstruct
+from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.template import Template
 
-__all__ = ["MicrographInput", "JobSettings", "JobProgress", "JobResult", "run_job",
-           "micrograph_from_results", "micrographs_from_star", "density_sigma"]
+__all__ = ["MicrographInput", "JobSettings", "JobProgress", "JobResult", "run_reconstruct",
+           "run_reconstruct_from_hits", "micrograph_from_results", "micrographs_from_star",
+           "micrograph_from_hits", "density_sigma"]
 
 
 @dataclasses.dataclass
@@ -114,16 +121,15 @@ class JobProgress:
 
 @dataclasses.dataclass
 class JobResult:
+    """What a job made: its folder, the map (and the omit-template map), the particles of
+    the map, the bias report (with an omit template) and the ``reconstruct.json`` summary."""
+
     folder: Path
     reconstruction: Reconstruction
     particles: ParticleSet
     omit_reconstruction: Reconstruction | None
     bias: BiasReport | None
     summary: dict
-
-
-class JobCancelled(RuntimeError):
-    """The job was cancelled; nothing was written."""
 
 
 # --------------------------------------------------------------------------------------
@@ -134,23 +140,50 @@ class JobCancelled(RuntimeError):
 def micrograph_from_results(folder, micrograph=None) -> MicrographInput:
     """A results folder of ``napari-2dtm search``: its hits, CTF, search result and
     micrograph (``micrograph`` overrides the path recorded in ``search.json``)."""
-    from napari_2dtm.search.results import read_results  # noqa: PLC0415
+    from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
 
-    folder = Path(folder)
-    res = read_results(folder)
-    path = micrograph or res.metadata.get("micrograph")
-    if not path:
-        raise InputError(f"{folder}: search.json records no micrograph; give it (--micrograph)")
-    path = Path(path)
-    if not path.is_absolute() and not path.exists():
-        path = folder / path
-    image, px = read_micrograph(path, res.input_pixel_size_a)
-    ctf = CTFParams(**res.metadata.get("config", {}).get("ctf", {}))
+    view = ResultsFolder.open(folder)
+    res = view.result
+    if micrograph:
+        path = Path(micrograph)
+        image, px = read_micrograph(path, res.input_pixel_size_a)
+    else:  # the folder's one rule; the error says what was looked for
+        image, px = view.read_micrograph()
+        path = view.micrograph_path()
+    ctf = view.ctf
     hits = res.hits if res.hits is not None else pd.DataFrame()
     if len(hits) == 0:
         raise InputError(f"{folder}: the results folder has no hits")
     return MicrographInput(image, px, ctf, hits, path.name, res)
 
+
+def micrograph_from_hits(image, pixel_size_a: float, hits: pd.DataFrame,
+                         name: str = "micrograph.mrc", *, ctf=None,
+                         results_folder=None) -> MicrographInput:
+    """Hits and a micrograph held in memory (napari layers): the search result is read
+    from ``results_folder`` when it is one (z-scores on the search's scale, its
+    template); ``ctf`` (a :class:`CTFParams` or a dict of its fields) defaults to the
+    search's."""
+    from napari_2dtm.search.results import read_results  # noqa: PLC0415
+
+    result = None
+    if results_folder and Path(results_folder, "search.json").exists():
+        result = read_results(results_folder)
+    if ctf is None and result is not None:
+        ctf = _search_ctf(result)
+    if not ctf:
+        raise InputError("the hits record no CTF (open their results folder)")
+    if not isinstance(ctf, CTFParams):
+        ctf = CTFParams(**ctf)
+    return MicrographInput(np.asarray(image, np.float32), float(pixel_size_a), ctf, hits, name,
+                           result)
+
+
+def _search_ctf(result) -> CTFParams | None:
+    """The CTF a search recorded in ``search.json`` (None when it recorded none)."""
+    from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
+
+    return ResultsFolder.of(result).ctf if (result.metadata or {}).get("config") else None
 
 def micrographs_from_star(star, micrographs: Sequence | None = None,
                           pixel_size_a: float | None = None) -> list[MicrographInput]:
@@ -159,7 +192,7 @@ def micrographs_from_star(star, micrographs: Sequence | None = None,
     the STAR file unless given (in the order of their first appearance)."""
     import starfile  # noqa: PLC0415
 
-    from napari_2dtm.search.results import STAR_COLUMNS  # noqa: PLC0415
+    from napari_2dtm.io.star import STAR_COLUMNS, optics_ctf, star_value  # noqa: PLC0415
 
     star = Path(star)
     if not star.exists():
@@ -187,7 +220,7 @@ def micrographs_from_star(star, micrographs: Sequence | None = None,
         path = Path(micrographs[k]) if micrographs is not None else Path(name)
         if micrographs is None and not path.is_absolute():
             path = star.parent / path
-        image, px = read_micrograph(path, pixel_size_a or _optics_value(o, "rlnMicrographPixelSize"))
+        image, px = read_micrograph(path, pixel_size_a or star_value(o, "rlnMicrographPixelSize"))
         sel = hits[names.to_numpy() == name].reset_index(drop=True)
         d1 = float(sel["defocus1_a"].median()) if "defocus1_a" in sel else 10000.0
         d2 = float(sel["defocus2_a"].median()) if "defocus2_a" in sel else d1
@@ -195,22 +228,12 @@ def micrographs_from_star(star, micrographs: Sequence | None = None,
             defocus1_a=d1, defocus2_a=d2,
             astigmatism_angle_deg=float(sel["astigmatism_angle_deg"].median())
             if "astigmatism_angle_deg" in sel else 0.0,
-            voltage_kv=_optics_value(o, "rlnVoltage", 300.0),
-            cs_mm=_optics_value(o, "rlnSphericalAberration", 2.7),
-            amplitude_contrast=_optics_value(o, "rlnAmplitudeContrast", 0.07),
+            **optics_ctf(o),
         )
         if "defocus1_a" in sel and "defocus_a" not in sel:
             sel["defocus_a"] = 0.5 * (sel["defocus1_a"] + sel["defocus2_a"])
         out.append(MicrographInput(image, px, ctf, sel, path.name))
     return out
-
-
-def _optics_value(o, key, default=None):
-    try:
-        v = float(o[key])
-        return v if math.isfinite(v) else default
-    except (KeyError, TypeError, ValueError):
-        return default
 
 
 # --------------------------------------------------------------------------------------
@@ -253,12 +276,40 @@ def _load(template, px, what) -> Template:
     return t
 
 
+def _templates(template, omit_template, first: MicrographInput, px: float):
+    """``(template, omit template or None)`` at the micrographs' pixel size; no template:
+    the search's, rebuilt from the first micrograph's ``search.json``."""
+    if template is None:
+        if first.result is None:
+            raise InputError("no template given, and the hits come with no search (search.json) "
+                             "to take it from; give a template map or model")
+        from napari_2dtm.hits.inspection import template_for_result  # noqa: PLC0415
+
+        template = template_for_result(first.result)
+    t_main = _load(template, px, "template")
+    t_omit = _load(omit_template, px, "omit template") if omit_template is not None else None
+    if t_omit is not None and t_omit.box != t_main.box:
+        raise InputError(f"{t_omit.source}: omit template box {t_omit.box} differs from the "
+                         f"template's {t_main.box}; make both with center='model' (same grid)")
+    return t_main, t_omit
+
+
 def _default_box(t: Template) -> int:
     b = int(math.ceil(1.25 * t.box))
     return b + b % 2
 
 
-def _fsc_plot(path: Path, rec: Reconstruction, omit: Reconstruction | None):
+def _selected(m: MicrographInput, s: JobSettings) -> pd.DataFrame:
+    """The micrograph's hits with at least ``s.min_score`` (all without it)."""
+    h = m.hits
+    if s.min_score is None:
+        return h
+    if s.score_column not in h:
+        raise InputError(f"{m.name}: hits have no {s.score_column!r} column to select on")
+    return h[h[s.score_column] >= s.min_score].reset_index(drop=True)
+
+
+def _fsc_png(path: Path, rec: Reconstruction, omit: Reconstruction | None):
     """FSC curves as a PNG (matplotlib's Agg canvas, no GUI)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
@@ -270,37 +321,15 @@ def _fsc_plot(path: Path, rec: Reconstruction, omit: Reconstruction | None):
     fig.savefig(path)
 
 
-def draw_fsc(ax, rec: Reconstruction, omit: Reconstruction | None = None):
-    """Draw FSC curves (unmasked, masked; omit map dashed) on a matplotlib axes."""
-    t = rec.fsc
-    ax.plot(t["frequency_inv_a"], t["fsc_unmasked"], color="#1f77b4",
-            label=f"unmasked ({rec.resolution_a:.1f} Å)")
-    if rec.resolution_masked_a is not None:
-        ax.plot(t["frequency_inv_a"], t["fsc_masked"], color="#d62728",
-                label=f"masked ({rec.resolution_masked_a:.1f} Å)")
-    if omit is not None:
-        o = omit.fsc
-        res = omit.resolution_masked_a or omit.resolution_a
-        ax.plot(o["frequency_inv_a"], o["fsc_masked"] if omit.resolution_masked_a else
-                o["fsc_unmasked"], "--", color="#2ca02c", label=f"omit-template map ({res:.1f} Å)")
-    ax.axhline(0.143, color="gray", lw=0.8, ls=":")
-    ax.set_ylim(-0.1, 1.05)
-    ax.set_xlim(0, float(t["frequency_inv_a"].iloc[-1]))
-    ax.set_xlabel("spatial frequency (1/Å)")
-    ax.set_ylabel("FSC (half maps)")
-    ax.set_title("FSC — not gold-standard (poses from the template)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
-
-
-def _write_rec(tmp: Path, prefix: str, rec: Reconstruction):
+def _write_rec(folder: Path, prefix: str, rec: Reconstruction):
     px = rec.pixel_size_a
-    write_mrc(tmp / f"{prefix}map.mrc", rec.full, px)
-    write_mrc(tmp / f"{prefix}map_filtered.mrc", rec.filtered, px)
-    write_mrc(tmp / f"{prefix}half1.mrc", rec.half1, px)
-    write_mrc(tmp / f"{prefix}half2.mrc", rec.half2, px)
+    write_mrc(folder / f"{prefix}map.mrc", rec.full, px)
+    write_mrc(folder / f"{prefix}map_filtered.mrc", rec.filtered, px)
+    write_mrc(folder / f"{prefix}half1.mrc", rec.half1, px)
+    write_mrc(folder / f"{prefix}half2.mrc", rec.half2, px)
     if rec.mask is not None:
-        write_mrc(tmp / f"{prefix}mask.mrc", rec.mask, px)
-    with open(tmp / f"{prefix}fsc.csv", "w") as f:
+        write_mrc(folder / f"{prefix}mask.mrc", rec.mask, px)
+    with open(folder / f"{prefix}fsc.csv", "w") as f:
         f.write(f"# {FSC_NOTE}\n")
         rec.fsc.to_csv(f, index=False, float_format="%.6g")
 
@@ -315,24 +344,51 @@ def _rec_summary(rec: Reconstruction) -> dict:
     }
 
 
-def run_job(micrographs: Sequence[MicrographInput], template, out_dir, settings: JobSettings | None = None,
-            omit_template=None, overwrite: bool = False,
-            progress: Callable[[JobProgress], None] | None = None,
-            cancel: threading.Event | None = None) -> JobResult:
+def run_reconstruct(micrographs: Sequence[MicrographInput], template, out_dir,
+                    settings: JobSettings | None = None, *, omit_template=None,
+                    overwrite: bool = False,
+                    progress: Callable[[JobProgress], None] | None = None,
+                    cancel: threading.Event | None = None) -> tuple[JobResult, Path]:
     """Refine, box, reconstruct (and with ``omit_template`` the bias check); write the job
-    folder ``out_dir``. Raises :class:`JobCancelled` when ``cancel`` is set (nothing
-    written) and :class:`InputError` on bad input."""
-    from napari_2dtm.hits.refine import RefinementCancelled  # noqa: PLC0415
-    from napari_2dtm.reconstruct.reconstructor import (  # noqa: PLC0415
-        ReconstructionCancelled,
-        soft_mask,
-    )
+    folder ``out_dir``.
 
+    template / omit_template: :class:`Template`, path or array at the micrographs' pixel
+    size; template None: the search's (from the first micrograph's search result).
+    Raises :class:`~napari_2dtm.errors.Cancelled` when ``cancel`` is set (nothing
+    written) and :class:`InputError` on bad input. Returns ``(JobResult, out_dir)``.
+    """
     s = settings or JobSettings()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InputError(f"{out_dir}: job folder exists; use --overwrite to replace it")
-    mics = list(micrographs)
+    cancel = cancel or threading.Event()
+    # The folder check comes first (an existing folder fails in a second, not after the
+    # refinement); the temporary folder is dropped on any error or cancel.
+    with atomic_dir(out_dir, overwrite=overwrite, marker="reconstruct.json",
+                    what="reconstruction folder") as tmp:
+        job = _run(list(micrographs), template, omit_template, s, tmp, progress, cancel)
+    job.folder = out_dir
+    if progress is not None:  # after the move: a late cancel no longer undoes the folder
+        progress(JobProgress("write", 1.0, f"done: {out_dir}"))
+    return job, out_dir
+
+
+def run_reconstruct_from_hits(image, pixel_size_a: float, hits: pd.DataFrame, out_dir, *,
+                              micrograph_name: str = "micrograph.mrc", ctf=None,
+                              results_folder=None, template=None, omit_template=None,
+                              settings: JobSettings | None = None, overwrite: bool = False,
+                              progress: Callable[[JobProgress], None] | None = None,
+                              cancel: threading.Event | None = None) -> tuple[JobResult, Path]:
+    """:func:`run_reconstruct` on one micrograph's hits held in memory (the widget's
+    layers), its inputs completed by :func:`micrograph_from_hits` inside the job (the
+    results folder is read in the job's thread)."""
+    mic = micrograph_from_hits(image, pixel_size_a, hits, micrograph_name, ctf=ctf,
+                               results_folder=results_folder)
+    return run_reconstruct([mic], template, out_dir, settings, omit_template=omit_template,
+                           overwrite=overwrite, progress=progress, cancel=cancel)
+
+
+def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, folder: Path,
+         progress, cancel: threading.Event) -> JobResult:
+    """The job's body: everything is written into ``folder`` (the temporary one)."""
     if not mics:
         raise InputError("no micrographs given")
     px = float(mics[0].pixel_size_a)
@@ -340,24 +396,12 @@ def run_job(micrographs: Sequence[MicrographInput], template, out_dir, settings:
         if abs(m.pixel_size_a - px) > 1e-3 * px:
             raise InputError(f"{m.name}: pixel size {m.pixel_size_a:g} A differs from {px:g} A "
                              "of the first micrograph")
-    t_main = _load(template, px, "template")
-    t_omit = _load(omit_template, px, "omit template") if omit_template is not None else None
-    if t_omit is not None and t_omit.box != t_main.box:
-        raise InputError(f"{t_omit.source}: omit template box {t_omit.box} differs from the "
-                         f"template's {t_main.box}; make both with center='model' (same grid)")
+    t_main, t_omit = _templates(template, omit_template, mics[0], px)
     box = int(s.box) if s.box else _default_box(t_main)
     stages = tuple(s.stages) if s.stages else DEFAULT_STAGES
-    cancel = cancel or threading.Event()
     timings: dict[str, float] = {}
-    n_hits = []
-    for m in mics:
-        h = m.hits
-        if s.min_score is not None:
-            if s.score_column not in h:
-                raise InputError(f"{m.name}: hits have no {s.score_column!r} column to select on")
-            h = h[h[s.score_column] >= s.min_score]
-        n_hits.append(len(h))
-    total_hits = sum(n_hits)
+    selected = [_selected(m, s) for m in mics]
+    total_hits = sum(len(h) for h in selected)
     if total_hits == 0:
         raise InputError("no hits to reconstruct (after the score selection)")
     templates = [("", t_main)] + ([("omit_", t_omit)] if t_omit is not None else [])
@@ -367,117 +411,104 @@ def run_job(micrographs: Sequence[MicrographInput], template, out_dir, settings:
 
     def report(step, frac, msg):
         if cancel.is_set():
-            raise JobCancelled("reconstruction job cancelled")
+            raise Cancelled("reconstruction job cancelled")
         if progress is not None:
             progress(JobProgress(step, float(min(max(frac, 0.0), 1.0)), msg))
 
-    try:
-        sets = {p: [] for p, _ in templates}
-        refined_tables = {p: [] for p, _ in templates}
-        done = 0
-        t0 = time.perf_counter()
-        for m, nh in zip(mics, n_hits):
-            hits = m.hits
-            if s.min_score is not None:
-                hits = hits[hits[s.score_column] >= s.min_score].reset_index(drop=True)
-            if nh == 0:
-                continue
-            for k, (prefix, tmpl) in enumerate(templates):
-                if s.refine:
-                    base = done * len(templates) + k * nh
-
-                    def prog(i, n, base=base, name=m.name, nh=nh,
-                             what="omit template" if prefix else "template"):
-                        frac = w_ref * (base + i * nh / max(n, 1)) / (total_hits * len(templates))
-                        report("refine", frac, f"refining {name} with the {what}"
-                               f" ({int(i * nh / max(n, 1))}/{nh} hits)")
-
-                    refined = refine_hits(m.image, m.pixel_size_a, tmpl, hits, m.ctf,
-                                          stages=stages, result=m.result, progress=prog,
-                                          cancel=cancel)
-                else:
-                    refined = hits.copy()
-                refined.insert(0, "micrograph", m.name)
-                refined_tables[prefix].append(refined)
-                sets[prefix].append(extract_particles(m.image, m.pixel_size_a, refined, box,
-                                                      m.ctf, m.name))
-            done += nh
-        timings["refine_s"] = time.perf_counter() - t0
-        report("extract", w_ref, f"{total_hits} hits refined; boxing particles")
-        recs = {}
-        particles = {}
+    sets = {p: [] for p, _ in templates}
+    refined_tables = {p: [] for p, _ in templates}
+    done = 0
+    t0 = time.perf_counter()
+    for m, hits in zip(mics, selected):
+        nh = len(hits)
+        if nh == 0:
+            continue
         for k, (prefix, tmpl) in enumerate(templates):
-            ps = concat_particles(sets[prefix])
-            particles[prefix] = ps
-            mask = s.mask
-            if mask == "template":
-                mask = soft_mask(fit_to_box(tmpl.volume, box), px)
-            base = w_ref + k * w_rec
+            if s.refine:
+                base = done * len(templates) + k * nh
 
-            def rprog(i, n, base=base, label="omit-template map" if prefix else "map"):
-                report("reconstruct", base + 0.9 * w_rec * i / max(n, 1),
-                       f"reconstructing the {label} ({i}/{n} particles)")
+                def prog(i, n, base=base, name=m.name, nh=nh,
+                         what="omit template" if prefix else "template"):
+                    frac = w_ref * (base + i * nh / max(n, 1)) / (total_hits * len(templates))
+                    report("refine", frac, f"refining {name} with the {what}"
+                           f" ({int(i * nh / max(n, 1))}/{nh} hits)")
 
-            t1 = time.perf_counter()
-            recs[prefix] = reconstruct(ps.images, px, ps.table, symmetry=s.symmetry, pad=s.pad,
-                                       ssnr=s.ssnr, mask=mask, progress=rprog, cancel=cancel)
-            timings[f"{prefix}reconstruct_s"] = time.perf_counter() - t1
-        report("write", 0.96, "writing the job folder")
-        rec = recs[""]
-        omit_rec = recs.get("omit_")
-        bias = None
-        summary = {
-            "fsc_note": FSC_NOTE,
-            "gold_standard": False,
-            "n_micrographs": len(mics),
-            "n_hits": total_hits,
-            "n_particles": len(particles[""]),
-            "n_dropped_at_edges": particles[""].dropped,
-            "box": box,
-            "pixel_size_a": px,
-            "template": {"source": t_main.source, "box": t_main.box,
-                         "params": _jsonable(t_main.params)},
-            "settings": s.to_dict(),
-            "map": _rec_summary(rec),
-            "micrographs": [m.name for m in mics],
+                refined = refine_hits(m.image, m.pixel_size_a, tmpl, hits, m.ctf,
+                                      stages=stages, result=m.result, progress=prog,
+                                      cancel=cancel)
+            else:
+                refined = hits.copy()
+            refined.insert(0, "micrograph", m.name)
+            refined_tables[prefix].append(refined)
+            sets[prefix].append(extract_particles(m.image, m.pixel_size_a, refined, box,
+                                                  m.ctf, m.name))
+        done += nh
+    timings["refine_s"] = time.perf_counter() - t0
+    report("extract", w_ref, f"{total_hits} hits refined; boxing particles")
+    recs = {}
+    particles = {}
+    for k, (prefix, tmpl) in enumerate(templates):
+        ps = concat_particles(sets[prefix])
+        particles[prefix] = ps
+        mask = s.mask
+        if mask == "template":
+            mask = soft_mask(fit_to_box(tmpl.volume, box), px)
+        base = w_ref + k * w_rec
+
+        def rprog(i, n, base=base, label="omit-template map" if prefix else "map"):
+            report("reconstruct", base + 0.9 * w_rec * i / max(n, 1),
+                   f"reconstructing the {label} ({i}/{n} particles)")
+
+        t1 = time.perf_counter()
+        recs[prefix] = reconstruct(ps.images, px, ps.table, symmetry=s.symmetry, pad=s.pad,
+                                   ssnr=s.ssnr, mask=mask, progress=rprog, cancel=cancel)
+        timings[f"{prefix}reconstruct_s"] = time.perf_counter() - t1
+    report("write", 0.96, "writing the job folder")
+    rec = recs[""]
+    omit_rec = recs.get("omit_")
+    bias = None
+    summary = {
+        "fsc_note": FSC_NOTE,
+        "gold_standard": False,
+        "n_micrographs": len(mics),
+        "n_hits": total_hits,
+        "n_particles": len(particles[""]),
+        "n_dropped_at_edges": particles[""].dropped,
+        "box": box,
+        "pixel_size_a": px,
+        "template": {"source": t_main.source, "box": t_main.box,
+                     "params": _jsonable(t_main.params)},
+        "settings": s.to_dict(),
+        "map": _rec_summary(rec),
+        "micrographs": [m.name for m in mics],
+    }
+    region = None
+    if omit_rec is not None:
+        tf = fit_to_box(t_main.volume, box)
+        to = fit_to_box(t_omit.volume, box)
+        bias = template_bias(rec.full, omit_rec.full, tf, to, divisor=s.omit_divisor)
+        region = difference_mask(tf, to, s.omit_divisor)
+        summary["omit_template"] = {"source": t_omit.source,
+                                    "params": _jsonable(t_omit.params)}
+        summary["omit_map"] = _rec_summary(omit_rec)
+        summary["bias"] = bias.to_dict()
+        summary["omitted_region_density_sigma"] = {
+            "map": density_sigma(rec.full, region, tf),
+            "omit_map": density_sigma(omit_rec.full, region, tf),
         }
-        region = None
-        if omit_rec is not None:
-            tf = fit_to_box(t_main.volume, box)
-            to = fit_to_box(t_omit.volume, box)
-            bias = template_bias(rec.full, omit_rec.full, tf, to, divisor=s.omit_divisor)
-            region = difference_mask(tf, to, s.omit_divisor)
-            summary["omit_template"] = {"source": t_omit.source,
-                                        "params": _jsonable(t_omit.params)}
-            summary["omit_map"] = _rec_summary(omit_rec)
-            summary["bias"] = bias.to_dict()
-            summary["omitted_region_density_sigma"] = {
-                "map": density_sigma(rec.full, region, tf),
-                "omit_map": density_sigma(omit_rec.full, region, tf),
-            }
-        summary["timings"] = timings
+    summary["timings"] = timings
 
-        # ---- write everything into a temporary sibling, then move it into place
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-        try:
-            for prefix, _ in templates:
-                _write_rec(tmp, prefix, recs[prefix])
-                write_particles(particles[prefix], tmp / f"{prefix}particles.star")
-                pd.concat(refined_tables[prefix], ignore_index=True).to_csv(
-                    tmp / f"{prefix}refined_hits.csv", index=False, float_format="%.6g")
-            if region is not None:
-                write_mrc(tmp / "omit_region_mask.mrc", region.astype(np.int8), px)
-            _fsc_plot(tmp / "fsc.png", rec, omit_rec)
-            (tmp / "reconstruct.json").write_text(json.dumps(summary, indent=2, default=_default))
-            replace_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        report("write", 1.0, f"done: {out_dir}")
-    except (RefinementCancelled, ReconstructionCancelled):
-        raise JobCancelled("reconstruction job cancelled") from None
-    return JobResult(out_dir, rec, particles[""], omit_rec, bias, summary)
+    for prefix, _ in templates:
+        _write_rec(folder, prefix, recs[prefix])
+        write_particles(particles[prefix], folder / f"{prefix}particles.star")
+        pd.concat(refined_tables[prefix], ignore_index=True).to_csv(
+            folder / f"{prefix}refined_hits.csv", index=False, float_format="%.6g")
+    if region is not None:
+        write_mrc(folder / "omit_region_mask.mrc", region.astype(np.int8), px)
+    _fsc_png(folder / "fsc.png", rec, omit_rec)
+    # the marker last: a folder holding reconstruct.json is complete
+    (folder / "reconstruct.json").write_text(json.dumps(summary, indent=2, default=_default))
+    return JobResult(folder, rec, particles[""], omit_rec, bias, summary)
 
 
 def _default(o):

@@ -1,77 +1,176 @@
-"""Search jobs shared by the Search widget and the headless demo (no Qt, no napari).
+"""The search job: one micrograph, one template, one complete results folder.
 
-:func:`search_job` is the body the widget runs in its worker thread and the demo
-runs in the main thread: build the :class:`~napari_2dtm.Search`, stream its
-progress, save the results folder with :func:`~napari_2dtm.write_results`.
+Every door runs a search through :func:`run_search` (or, for a result made elsewhere,
+through its last step :func:`save_results`): ``napari-2dtm search``, each micrograph of
+``napari-2dtm batch`` (in this process or on dask workers), the Search widget and the
+headless demo. So one door or another the same folder comes out: the engine's maps, the
+-ln p map of the 2DTM p-value (Zhang et al. 2025) when it can be fitted, hits detected
+on the chosen metric (``hits_metric`` / ``hits_threshold`` in ``search.json``), and,
+for an in-memory micrograph, its copy under ``input/``.
+
+Protocol (see :mod:`napari_2dtm.jobs`): ``progress`` is called in the job's thread,
+first with one :class:`SearchStarted` (the search's size and device, before any work),
+then with each :class:`~napari_2dtm.search.engine.SearchProgress` snapshot; setting
+``cancel`` stops the search at its next orientation batch (a checkpoint, if any, is
+saved) and raises :class:`~napari_2dtm.errors.Cancelled`; nothing is written then.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
+from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.search.engine import Search
+from napari_2dtm.search.results import results_dir_problem, write_results
 
-class SearchError(Exception):
-    """A search failed (message: one line)."""
+__all__ = ["run_search", "save_results", "detect_hits", "SearchStarted", "estimate_job",
+           "HITS_METRICS"]
+
+#: maps hits can be detected on
+HITS_METRICS = ("zscore", "snr", "neg_log_p")
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+@dataclasses.dataclass
+class SearchStarted:
+    """The first progress record of a search job: what is about to run.
 
-
-def save_results(result, out_dir, image, pixel_size_a, micrograph_path=None,
-                 micrograph_name="micrograph", overwrite=False):
-    """Write the results folder; an in-memory micrograph is saved along with it.
-
-    With no ``micrograph_path`` the image is written to
-    ``out_dir/input/<micrograph_name>.mrc`` (recorded in ``search.json``; outside the
-    folder's top level, which holds only maps), so the folder opens complete in napari.
+    search: the :class:`~napari_2dtm.search.engine.Search` itself, for callers that need
+    more (e.g. ``estimate_seconds()``); read it from the progress callback only.
     """
-    from napari_2dtm import write_results
-    from napari_2dtm.io.mrc import write_mrc
 
-    out_dir = Path(out_dir)
-    if micrograph_path:
-        mic_path = Path(micrograph_path)
-    else:
-        safe = re.sub(r"[^\w.-]+", "_", str(micrograph_name)).strip("._") or "micrograph"
-        mic_path = out_dir.resolve() / "input" / f"{safe}.mrc"
-    write_results(result, out_dir, overwrite=overwrite, micrograph_path=mic_path)
-    if not micrograph_path:
-        write_mrc(mic_path, image, pixel_size_a)
-    return out_dir
+    n_orientations: int
+    n_planes: int
+    n_cc_total: int
+    pixel_size_a: float
+    image_shape: tuple[int, int]
+    device: str
+    search: Search
 
 
-def search_job(image, pixel_size_a, template, config, out_dir, micrograph_path=None,
-               micrograph_name="micrograph", overwrite=False):
-    """Generator: yields ``("search", Search)`` once, then ``("progress", SearchProgress)``.
+@contextlib.contextmanager
+def linked_cancel(cancel: threading.Event | None, stop: Callable[[], None]):
+    """Call ``stop()`` as soon as ``cancel`` is set, while the block runs.
 
-    Returns ``(SearchResult, results_folder)``, or ``None`` if the search was
-    cancelled. Other failures raise :class:`SearchError` with a one-line message
-    (superqt drops a RuntimeError raised by a generator worker without emitting
-    ``errored`` or ``finished``, so none leaves this function).
+    The engine checks its own flag between orientation batches; a small watcher thread
+    forwards the job's Event to it, so a cancel does not wait for the next progress record.
     """
-    from napari_2dtm import Search
-    from napari_2dtm.errors import SearchCancelled
+    if cancel is None:
+        yield
+        return
+    done = threading.Event()
 
+    def watch():
+        while not done.wait(0.05):
+            if cancel.is_set():
+                stop()
+                return
+
+    watcher = threading.Thread(target=watch, name="napari-2dtm cancel link", daemon=True)
+    watcher.start()
     try:
-        search = Search(image, pixel_size_a, template, config)
-        yield ("search", search)
-        for progress in search.run():
-            yield ("progress", progress)
-    except SearchCancelled:
-        return None
-    except RuntimeError as e:
-        raise SearchError(one_line(e)) from e
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def detect_hits(result, metric: str = "zscore", threshold: float | None = None,
+                source: str | None = None) -> float:
+    """Add the -ln p map (and column) to ``result`` and re-extract its hits on ``metric``.
+
+    threshold: default the false-alarm threshold of the search (z-score, SNR), or
+    ``ln(N_population / N_fp)`` for ``neg_log_p``. Records ``hits_metric`` and
+    ``hits_threshold`` in the metadata; returns the threshold. The p-value needs enough
+    local maxima: on a tiny image it is left out (an :class:`InputError` if it was the
+    metric asked for; ``source`` names the micrograph in that message).
+    """
+    from napari_2dtm.search.detect import extract_hits  # noqa: PLC0415
+    from napari_2dtm.search.pvalue import add_neg_log_p  # noqa: PLC0415
+    from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
+
+    if metric not in HITS_METRICS:
+        raise InputError(f"hits metric must be one of {', '.join(HITS_METRICS)}, got {metric!r}")
+    view = ResultsFolder.of(result)
+    try:
+        fit = add_neg_log_p(result)
+    except ValueError as e:  # too few local maxima in a tiny image
+        if metric == "neg_log_p":
+            raise InputError(f"{source or 'micrograph'}: no 2DTM p-value: {e}") from None
+        fit = None
+    if threshold is None:
+        threshold = (fit.threshold(view.config.n_false_positives) if metric == "neg_log_p"
+                     else result.threshold)
+    result.hits = extract_hits(result, metric=metric, threshold=threshold, ctf=view.ctf)
+    result.metadata["hits_metric"] = metric
+    result.metadata["hits_threshold"] = float(threshold)
+    return float(threshold)
+
+
+def save_results(result, out_dir, image=None, pixel_size_a=None, micrograph_path=None,
+                 micrograph_name="micrograph", overwrite=False, *, metric: str = "zscore",
+                 threshold: float | None = None) -> Path:
+    """The last step of every search job: detect the hits, write the results folder.
+
+    With no ``micrograph_path`` the ``image`` is saved in the folder as
+    ``input/<micrograph_name>.mrc`` (recorded in ``search.json``), so the folder opens
+    complete in napari. ``pixel_size_a`` is unused (the result has it); kept for callers.
+    """
+    detect_hits(result, metric, threshold, source=str(micrograph_path or micrograph_name))
+    if micrograph_path:
+        return write_results(result, out_dir, overwrite=overwrite, micrograph_path=micrograph_path)
+    return write_results(result, out_dir, overwrite=overwrite, micrograph_image=image,
+                         micrograph_name=micrograph_name)
+
+
+def run_search(image, pixel_size_a: float, template, config, out_dir, *,
+               micrograph_path=None, micrograph_name: str = "micrograph",
+               overwrite: bool = False, metric: str = "zscore",
+               threshold: float | None = None, checkpoint=None,
+               template_kwargs: dict | None = None,
+               progress: Callable | None = None,
+               cancel: threading.Event | None = None):
+    """Search ``image`` for ``template`` and write the results folder ``out_dir``.
+
+    image, pixel_size_a, template, config: as for :class:`~napari_2dtm.search.engine.Search`;
+    micrograph_path: the file ``image`` was read from (recorded; without it the image is
+    saved in the folder under the name ``micrograph_name``); metric, threshold: how the
+    hits are detected (:func:`detect_hits`); checkpoint: ``.npz`` path to save partial
+    statistics to and resume from (deleted once the folder is written).
+
+    Returns ``(SearchResult, folder)``. Raises :class:`InputError` for bad input or an
+    existing ``out_dir`` without ``overwrite`` (checked before the search starts), and
+    :class:`~napari_2dtm.errors.Cancelled` when ``cancel`` was set.
+    """
+    if metric not in HITS_METRICS:
+        raise InputError(f"hits metric must be one of {', '.join(HITS_METRICS)}, got {metric!r}")
+    problem = results_dir_problem(out_dir, overwrite)
+    if problem:
+        raise InputError(problem)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("search cancelled")
+    search = Search(image, pixel_size_a, template, config, template_kwargs=template_kwargs,
+                    checkpoint=checkpoint, micrograph_path=micrograph_path)
+    if progress is not None:
+        progress(SearchStarted(search.n_orientations, search.n_planes, search.n_cc_total,
+                               search.pixel_size_a, tuple(search.image_shape),
+                               search.backend.name, search))
+    with linked_cancel(cancel, search.cancel):
+        for record in search.run():
+            if progress is not None:
+                progress(record)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("search cancelled")  # set during the last batch: keep nothing
     folder = save_results(search.result, out_dir, image, pixel_size_a, micrograph_path,
-                          micrograph_name, overwrite)
-    return search.result, folder
+                          micrograph_name, overwrite, metric=metric, threshold=threshold)
+    search.remove_checkpoint()
+    return search.result, Path(folder)
 
 
 def estimate_job(image, pixel_size_a, template, config):
     """``(n_orientations, n_planes, n_cc_total, estimated_seconds)`` of a search."""
-    from napari_2dtm import Search
-
     search = Search(image, pixel_size_a, template, config)
     return search.n_orientations, search.n_planes, search.n_cc_total, search.estimate_seconds()

@@ -16,16 +16,20 @@ the engine just did for the last orientation of the batch:
 * with a ground-truth table, live precision and recall of the peaks above the
   false-alarm threshold.
 
-Every step carries a short caption. No Qt or napari here: the napari view is
-``napari_2dtm._napari._teaching_widget``.
+Every step carries a short caption. :func:`run_teaching` is the job (the jobs'
+protocol: progress records, an Event to cancel, ``(result, folder)``): it saves the
+same results folder as :func:`~napari_2dtm.jobs.search.run_search`. No Qt or napari
+here: the napari view is ``napari_2dtm._napari._teaching_widget``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +40,18 @@ from scipy.optimize import linear_sum_assignment
 from napari_2dtm.core.ctf import ctf_2d
 from napari_2dtm.core.geometry import euler_to_matrix
 from napari_2dtm.core.projection import FourierVolume, extract_slices, subtract_edge_mean
+from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.jobs.search import SearchStarted, linked_cancel, save_results
+from napari_2dtm.search.config import SearchConfig
 from napari_2dtm.search.detect import false_alarm_threshold, find_peaks
-from napari_2dtm.search.engine import Search, SearchConfig
+from napari_2dtm.search.engine import Search
+from napari_2dtm.search.results import results_dir_problem
 
-__all__ = ["TeachingSearch", "TeachingStep", "OrientationCorrelator", "match_truth", "CAPTIONS"]
+__all__ = ["TeachingSearch", "TeachingStep", "OrientationCorrelator", "match_truth", "CAPTIONS",
+           "PACE", "run_teaching"]
+
+#: the default pace: seconds per search step, per introductory step, shown steps
+PACE = dict(step_s=0.5, intro_s=3.0, max_steps=60)
 
 #: one-line explanations shown with each stage
 CAPTIONS = {
@@ -309,3 +321,36 @@ class TeachingSearch:
         self._score(step, res.hits)
         step.caption = f"{CAPTIONS['done']}\n{self.score_text(step)}."
         yield step
+
+
+def run_teaching(image, pixel_size_a: float, template, config, out_dir, *,
+                 micrograph_path=None, micrograph_name: str = "micrograph",
+                 overwrite: bool = False, truth: pd.DataFrame | None = None,
+                 pace: dict | None = None, progress: Callable | None = None,
+                 cancel: threading.Event | None = None):
+    """The teaching job: a :class:`TeachingSearch` run, then the normal results folder.
+
+    Arguments as :func:`~napari_2dtm.jobs.search.run_search`; truth: the sample's ground
+    truth (x, y in input pixels) for live precision/recall; pace: overrides of
+    :data:`PACE`. ``progress`` gets a
+    :class:`~napari_2dtm.jobs.search.SearchStarted`, then every :class:`TeachingStep`.
+    Returns ``(SearchResult, folder)``; raises :class:`~napari_2dtm.errors.Cancelled`.
+    """
+    problem = results_dir_problem(out_dir, overwrite)
+    if problem:
+        raise InputError(problem)
+    teacher = TeachingSearch(image, pixel_size_a, template, config, truth=truth,
+                             **{**PACE, **(pace or {})})
+    s = teacher.search
+    if progress is not None:
+        progress(SearchStarted(s.n_orientations, s.n_planes, s.n_cc_total, s.pixel_size_a,
+                               tuple(s.image_shape), s.backend.name, s))
+    with linked_cancel(cancel, teacher.cancel):
+        for step in teacher.steps():
+            if progress is not None:
+                progress(step)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("search cancelled")
+    folder = save_results(teacher.result, out_dir, image, pixel_size_a, micrograph_path,
+                          micrograph_name, overwrite)
+    return teacher.result, Path(folder)

@@ -31,6 +31,7 @@ import starfile
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_path, read_mrc, write_mrc
+from napari_2dtm.io.star import OPTICS_CTF, optics_columns
 
 __all__ = ["ParticleSet", "extract_particles", "concat_particles", "write_particles",
            "read_particles", "PARTICLE_STAR_COLUMNS"]
@@ -59,8 +60,7 @@ PARTICLE_STAR_COLUMNS = {
     "zscore_search": "rln2dtmSearchZScore",
     "snr_search": "rln2dtmSearchSNR",
 }
-_OPTICS_CTF = {"voltage_kv": "rlnVoltage", "cs_mm": "rlnSphericalAberration",
-               "amplitude_contrast": "rlnAmplitudeContrast"}
+_OPTICS_CTF = OPTICS_CTF  # the one optics <-> CTF mapping (io.star)
 
 
 @dataclasses.dataclass
@@ -193,9 +193,7 @@ def _optics(table: pd.DataFrame, box: int) -> tuple[pd.DataFrame, np.ndarray]:
         rows.append({
             "rlnOpticsGroup": g + 1,
             "rlnOpticsGroupName": f"opticsGroup{g + 1}",
-            "rlnAmplitudeContrast": float(r["amplitude_contrast"]),
-            "rlnSphericalAberration": float(r["cs_mm"]),
-            "rlnVoltage": float(r["voltage_kv"]),
+            **optics_columns({f: r[f] for f in OPTICS_CTF}),
             "rlnImagePixelSize": float(r["pixel_size_a"]),
             "rlnMicrographOriginalPixelSize": float(r["pixel_size_a"]),
             "rlnImageSize": int(box),

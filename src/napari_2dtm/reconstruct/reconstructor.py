@@ -1,4 +1,4 @@
-"""3D reconstruction by direct Fourier inversion, with CTF Wiener weighting and FSC.
+"""3D reconstruction by direct Fourier inversion, with CTF Wiener weighting.
 
 Model (RELION convention, the one :mod:`napari_2dtm.reconstruct.particles` writes): a particle
 image has the protein *white* (positive) and its transform is
@@ -21,9 +21,9 @@ and shell. ``tau`` comes from the half-map FSC (``SSNR_half = FSC / (1 - FSC)`` 
 The real-space map is then cropped to ``box`` and divided by the trilinear kernel's
 transform (``sinc^2`` per axis, the gridding correction).
 
-The FSC between half maps is NOT gold-standard when the poses come from template
-matching: both halves were aligned to the same template, so they share its bias and
-the resolution is over-estimated (:data:`FSC_NOTE`).
+The half-map FSC, the resolution and the masks are :mod:`napari_2dtm.reconstruct.fsc`;
+that FSC is NOT gold-standard when the poses come from template matching (both halves
+share the template's bias, :data:`~napari_2dtm.reconstruct.fsc.FSC_NOTE`).
 
 The insertion kernel is numba (``nogil``: the two half maps fill in two threads);
 :func:`insert_reference` is the NumPy definition used in tests.
@@ -41,44 +41,25 @@ import numba
 import numpy as np
 import pandas as pd
 import scipy.fft as sfft
-from scipy import ndimage
 
 from napari_2dtm.core.ctf import CTFParams, wavelength_a
 from napari_2dtm.core.geometry import euler_to_matrix
-from napari_2dtm.errors import InputError
+from napari_2dtm.errors import Cancelled, InputError
+
+from .fsc import FSC_NOTE, FSC_THRESHOLD, fsc, fsc_resolution, lowpass, shell_frequencies, soft_mask
 
 __all__ = [
     "Reconstructor",
     "Reconstruction",
     "reconstruct",
     "insert_reference",
-    "fsc",
-    "fsc_resolution",
-    "shell_frequencies",
-    "soft_mask",
-    "spherical_mask",
-    "lowpass",
     "symmetry_matrices",
     "ctf_table",
-    "FSC_NOTE",
-    "FSC_THRESHOLD",
-    "ReconstructionCancelled",
 ]
-
-FSC_THRESHOLD = 0.143
-FSC_NOTE = (
-    "This FSC is NOT gold-standard: the particle poses come from template matching "
-    "against the template (not from independent half-set refinement), so both half "
-    "maps share the template's bias and the resolution is over-estimated."
-)
 
 #: per-particle CTF columns (names as :class:`~napari_2dtm.core.ctf.CTFParams` fields)
 CTF_COLUMNS = ("defocus1_a", "defocus2_a", "astigmatism_angle_deg", "voltage_kv", "cs_mm",
                "amplitude_contrast", "phase_shift_deg", "bfactor_a2")
-
-
-class ReconstructionCancelled(RuntimeError):
-    """Raised inside a reconstruction when the caller cancelled it."""
 
 
 # --------------------------------------------------------------------------------------
@@ -253,123 +234,6 @@ def insert_reference(num, den, fimg, rots, ctfs, shifts, weights, pixel_size_a):
 
 
 # --------------------------------------------------------------------------------------
-# FSC and masks
-# --------------------------------------------------------------------------------------
-
-
-def _rfft_radius(n: int) -> np.ndarray:
-    """Radius (in frequency index units) of every ``rfftn`` voxel of an ``n^3`` map."""
-    k = np.fft.fftfreq(n, 1.0 / n)
-    kx = np.arange(n // 2 + 1, dtype=np.float64)
-    return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-
-
-def shell_frequencies(n: int, pixel_size_a: float) -> np.ndarray:
-    """Spatial frequency (1/A) of FSC shells ``0..n//2`` of an ``n^3`` map."""
-    return np.arange(n // 2 + 1) / (n * float(pixel_size_a))
-
-
-def fsc(map1: np.ndarray, map2: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Fourier shell correlation ``(n//2 + 1,)`` of two ``(n, n, n)`` maps (shell k =
-    frequencies rounding to k, in index units), optionally after multiplying by ``mask``."""
-    a = np.asarray(map1, np.float64)
-    b = np.asarray(map2, np.float64)
-    if mask is not None:
-        a = a * mask
-        b = b * mask
-    n = a.shape[0]
-    fa = sfft.rfftn(a, workers=-1)
-    fb = sfft.rfftn(b, workers=-1)
-    shells = np.rint(_rfft_radius(n)).astype(np.int64)
-    # rfft stores one of each Friedel pair except on the kx = 0 / Nyquist planes
-    w = np.full(n // 2 + 1, 2.0)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    w = np.broadcast_to(w, shells.shape)
-    keep = shells <= n // 2
-    s = shells[keep]
-    ww = w[keep]
-    cross = np.bincount(s, ww * (fa[keep] * np.conj(fb[keep])).real, n // 2 + 1)
-    pa = np.bincount(s, ww * np.abs(fa[keep]) ** 2, n // 2 + 1)
-    pb = np.bincount(s, ww * np.abs(fb[keep]) ** 2, n // 2 + 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = cross / np.sqrt(pa * pb)
-    out[~np.isfinite(out)] = 0.0
-    return out
-
-
-def fsc_resolution(curve, n: int, pixel_size_a: float, threshold: float = FSC_THRESHOLD) -> float:
-    """Resolution (A) where ``curve`` first drops below ``threshold`` (after shell 0),
-    interpolated linearly between shells; Nyquist (``2 * pixel``) if it never does."""
-    c = np.asarray(curve, np.float64)
-    for k in range(1, len(c)):
-        if c[k] < threshold:
-            k0 = k - 1
-            denom = c[k0] - c[k]
-            t = (c[k0] - threshold) / denom if denom > 0 else 0.0
-            kc = max(k0 + t, 1e-6)
-            return float(n * pixel_size_a / kc)
-    return float(2.0 * pixel_size_a)
-
-
-def fsc_crossing_shell(curve, threshold: float) -> float:
-    """Shell index (fractional) where ``curve`` first drops below ``threshold``."""
-    c = np.asarray(curve, np.float64)
-    for k in range(1, len(c)):
-        if c[k] < threshold:
-            denom = c[k - 1] - c[k]
-            return float(k - 1 + ((c[k - 1] - threshold) / denom if denom > 0 else 0.0))
-    return float(len(c) - 1)
-
-
-def lowpass(volume: np.ndarray, pixel_size_a: float, resolution_a: float,
-            edge_shells: float = 2.0) -> np.ndarray:
-    """Low-pass a cubic map at ``resolution_a`` with a raised-cosine edge ``edge_shells`` wide."""
-    v = np.asarray(volume, np.float64)
-    n = v.shape[0]
-    kc = n * pixel_size_a / float(resolution_a)
-    r = _rfft_radius(n)
-    f = np.clip((kc + edge_shells / 2 - r) / edge_shells, 0.0, 1.0)
-    f = 0.5 - 0.5 * np.cos(np.pi * f)
-    return sfft.irfftn(sfft.rfftn(v, workers=-1) * f, s=v.shape, workers=-1)
-
-
-def spherical_mask(n: int, radius_px: float, edge_px: float = 5.0) -> np.ndarray:
-    """Soft sphere ``(n, n, n)`` float32 centred at voxel ``n // 2``: 1 inside
-    ``radius_px``, raised-cosine fall-off to 0 over ``edge_px``."""
-    g = np.arange(n) - n // 2
-    r = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
-    t = np.clip((r - radius_px) / max(edge_px, 1e-6), 0.0, 1.0)
-    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
-
-
-def soft_mask(volume: np.ndarray, pixel_size_a: float, threshold: float | None = None,
-              lowpass_a: float = 15.0, extend_px: int = 3, edge_px: float = 5.0) -> np.ndarray:
-    """Soft mask ``(n, n, n)`` float32 from a map (a reconstruction or a template).
-
-    The map is low-passed to ``lowpass_a``, thresholded (default: 10% of its maximum),
-    the largest connected region kept, dilated by ``extend_px`` voxels and given a
-    raised-cosine edge ``edge_px`` voxels wide.
-    """
-    v = np.asarray(volume, np.float64)
-    lp = lowpass(v, pixel_size_a, max(float(lowpass_a), 2.0 * pixel_size_a))
-    thr = 0.1 * float(lp.max()) if threshold is None else float(threshold)
-    binary = lp > thr
-    if not binary.any():
-        return np.ones(v.shape, np.float32)
-    lab, nlab = ndimage.label(binary)
-    if nlab > 1:
-        sizes = ndimage.sum(binary, lab, range(1, nlab + 1))
-        binary = lab == (1 + int(np.argmax(sizes)))
-    if extend_px > 0:
-        binary = ndimage.binary_dilation(binary, iterations=int(extend_px))
-    dist = ndimage.distance_transform_edt(~binary)
-    t = np.clip(dist / max(edge_px, 1e-6), 0.0, 1.0)
-    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------
 # Reconstructor
 # --------------------------------------------------------------------------------------
 
@@ -430,6 +294,7 @@ class Reconstructor:
         self.num = [np.zeros(shape, np.complex128), np.zeros(shape, np.complex128)]
         self.den = [np.zeros(shape, np.float64), np.zeros(shape, np.float64)]
         self.counts = [0, 0]
+        self._shell_cache: np.ndarray | None = None  # shell index per padded voxel, on first use
         self._pool = ThreadPoolExecutor(max_workers=2)
 
     # ------------------------------------------------------------------ insert
@@ -510,7 +375,7 @@ class Reconstructor:
         # index 0 (frequency -P/2) has no mate inside the grid and lies outside rmax
 
     def _shells_padded(self):
-        if getattr(self, "_shell_cache", None) is None:
+        if self._shell_cache is None:
             p = self.size
             k = np.arange(p) - p // 2
             kx = np.arange(p // 2 + 1)
@@ -670,7 +535,7 @@ def reconstruct(images, pixel_size_a: float, particles: pd.DataFrame, *, use_ctf
     even/odd), ``weight``, and CTF columns (``defocus1_a, defocus2_a,
     astigmatism_angle_deg, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg``;
     missing ones from ``ctf``). progress(done, total) is called per batch; setting
-    ``cancel`` stops between batches with :class:`ReconstructionCancelled`.
+    ``cancel`` stops between batches with :class:`~napari_2dtm.errors.Cancelled`.
     """
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
@@ -694,12 +559,12 @@ def reconstruct(images, pixel_size_a: float, particles: pd.DataFrame, *, use_ctf
     with Reconstructor(images.shape[1], px, pad=pad, symmetry=symmetry, use_ctf=use_ctf) as rec:
         for i0 in range(0, n, batch):
             if cancel is not None and cancel.is_set():
-                raise ReconstructionCancelled("reconstruction cancelled")
+                raise Cancelled("reconstruction cancelled")
             sl = slice(i0, min(n, i0 + batch))
             rec.insert(images[sl], angles[sl], halves[sl],
                        ctfs[sl] if ctfs is not None else None, shifts[sl], weights[sl])
             if progress is not None:
                 progress(sl.stop, n)
         if cancel is not None and cancel.is_set():
-            raise ReconstructionCancelled("reconstruction cancelled")
+            raise Cancelled("reconstruction cancelled")
         return rec.finish(ssnr=ssnr, mask=mask)

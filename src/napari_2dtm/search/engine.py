@@ -19,6 +19,13 @@ Memory is bounded on large micrographs (K3, 5760 x 4092): the statistics live on
 search grid, correlation maps are made a few at a time, and the score maps are
 computed in row blocks. A search can checkpoint its statistics and resume, or be split
 into orientation shards merged by :func:`napari_2dtm.search.checkpoint.merge_partials`.
+
+Where the parts live: the search space in :mod:`napari_2dtm.search.config`, steps 1-3
+(and the work sizes) in :mod:`napari_2dtm.search._correlate`, step 4 and the final maps in
+:mod:`napari_2dtm.search.statistics`. This module is the orchestrator: :class:`Search`
+checks the inputs, builds the fixed inputs once, cuts the search space into batches
+with fixed boundaries, runs them (progress, checkpoints, cancel) and makes the
+:class:`SearchResult`.
 """
 
 from __future__ import annotations
@@ -29,21 +36,20 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.fft as sfft
 
-from napari_2dtm.core import _kernels
 from napari_2dtm.core.backend import get_backend, to_numpy
-from napari_2dtm.core.ctf import CTFParams, ctf_2d
 from napari_2dtm.core.filters import prepare_image
-from napari_2dtm.core.geometry import euler_to_matrix, so3_grid
-from napari_2dtm.core.projection import FourierVolume, extract_slices, subtract_edge_mean
-from napari_2dtm.errors import InputError, SearchCancelled
-from napari_2dtm.templates.template import Template, load_template
+from napari_2dtm.core.geometry import euler_to_matrix
+from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.template import Template
 
+from . import _correlate
 from .checkpoint import (
     SearchPartial,
     array_digest,
@@ -52,77 +58,18 @@ from .checkpoint import (
     read_state,
     save_partial,
 )
+from .config import (
+    _RUNTIME_FIELDS,
+    SearchConfig,
+    defocus_offsets,
+    orientation_list,
+    orientation_span,
+    scoring_config,
+)
+from .statistics import RunningStats, parameter_maps, score_maps, template_radius
+from .statistics import valid_mask as _valid_mask
 
-__all__ = ["SearchConfig", "Search", "SearchProgress", "SearchResult", "search", "defocus_offsets",
-           "orientation_list"]
-
-#: config entries that do not change the scores: free to differ between a checkpoint and
-#: the search resuming it, and between orientation shards
-_RUNTIME_FIELDS = {"device", "batch_size", "progress_interval_s", "checkpoint_interval_s",
-                   "orientation_range", "n_false_positives", "peak_radius_px"}
-
-
-@dataclasses.dataclass
-class SearchConfig:
-    """Everything that defines a search. Lengths in Angstrom, angles in degrees."""
-
-    ctf: CTFParams = dataclasses.field(default_factory=CTFParams)
-    out_of_plane_step_deg: float = 2.5
-    in_plane_step_deg: float = 1.5
-    symmetry: str = "C1"
-    defocus_range_a: float = 0.0
-    defocus_step_a: float = 200.0
-    pixel_size_range_a: float = 0.0
-    pixel_size_step_a: float = 0.01
-    high_res_limit_a: float | None = None
-    n_false_positives: float = 1.0
-    peak_radius_px: float | None = None  # None: 0.7 x the particle radius
-    device: str = "auto"
-    batch_size: int | None = None
-    progress_interval_s: float = 1.0
-    template_pad: int | None = None
-    orientations: Any = None  # optional (n, 3) ZYZ degrees overriding the grid
-    #: ``(start, stop)``: search only orientations ``start..stop-1`` of the list (one
-    #: shard of a split search; merge shards with ``checkpoint.merge_partials``)
-    orientation_range: tuple[int, int] | None = None
-    #: seconds between checkpoints of a search that has a checkpoint path (0: only at
-    #: cancel and at the end)
-    checkpoint_interval_s: float = 300.0
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["ctf"] = self.ctf.to_dict()
-        if self.orientations is not None:
-            d["orientations"] = f"explicit list of {len(np.asarray(self.orientations))}"
-        if self.orientation_range is not None:
-            d["orientation_range"] = [int(v) for v in self.orientation_range]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SearchConfig:
-        d = dict(d)
-        d["ctf"] = CTFParams(**d.get("ctf", {}))
-        if isinstance(d.get("orientations"), str):
-            d["orientations"] = None
-        if d.get("orientation_range") is not None:
-            d["orientation_range"] = tuple(int(v) for v in d["orientation_range"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def orientation_list(config: SearchConfig) -> np.ndarray:
-    """``(n, 3)`` ZYZ Euler angles (deg) of a config: its explicit list or the SO(3) grid."""
-    if config.orientations is not None:
-        return np.asarray(config.orientations, dtype=np.float64).reshape(-1, 3)
-    return so3_grid(config.out_of_plane_step_deg, config.in_plane_step_deg, config.symmetry)
-
-
-def defocus_offsets(range_a: float, step_a: float) -> np.ndarray:
-    """Symmetric offsets ``-n*step ... +n*step`` (0 always included), in Angstrom."""
-    if range_a <= 0 or step_a <= 0:
-        return np.zeros(1)
-    n = int(math.floor(range_a / step_a + 1e-9))
-    return np.arange(-n, n + 1) * float(step_a)
+__all__ = ["Search", "SearchProgress", "SearchResult", "search"]
 
 
 @dataclasses.dataclass
@@ -220,24 +167,17 @@ class Search:
                 f"pixel size {px:.3f} A) is larger than the micrograph ({ny} x {nx} px)"
             )
         self.box = box
-        self.particle_radius_px = _template_radius(t) * t.pixel_size_a / px
+        self.particle_radius_px = template_radius(t.volume) * t.pixel_size_a / px
         self.border_px = min(box // 2, int(math.ceil(self.particle_radius_px)) + 1)
         self.peak_radius_px = (float(cfg.peak_radius_px) if cfg.peak_radius_px
                                else max(3.0, 0.7 * self.particle_radius_px))
 
         # --- search space ---
-        ori = orientation_list(cfg)
-        self.orientations = ori
+        self.orientations = orientation_list(cfg)
         self.defocus_offsets_a = defocus_offsets(cfg.defocus_range_a, cfg.defocus_step_a)
         self.pixel_offsets_a = defocus_offsets(cfg.pixel_size_range_a, cfg.pixel_size_step_a)
-        self.n_orientations_total = n_all = len(ori)
-        if n_all < 1:
-            raise InputError("the orientation list is empty")
-        a, b = (0, n_all) if cfg.orientation_range is None else (int(v) for v in cfg.orientation_range)
-        if not 0 <= a < b <= n_all:
-            raise InputError(f"orientation range {a}..{b} is not inside the {n_all} orientations "
-                             "of the search (need 0 <= start < stop <= n)")
-        self.orientation_range = (a, b)
+        self.n_orientations_total = n_all = len(self.orientations)
+        self.orientation_range = a, b = orientation_span(cfg, n_all)
         #: orientations this search covers (all, or one shard's range)
         self.n_orientations = b - a
         self.n_planes = len(self.defocus_offsets_a) * len(self.pixel_offsets_a)
@@ -245,14 +185,27 @@ class Search:
         if n_all * self.n_planes >= 2**31:
             raise InputError(f"search too large ({n_all * self.n_planes} cross-correlations > 2^31)")
 
-        # --- search frame (zero padding to an FFT-friendly size) ---
-        self.frame = (sfft.next_fast_len(ny, real=True), sfft.next_fast_len(nx, real=True))
-        if self.frame[1] % 2:
-            self.frame = (self.frame[0], sfft.next_fast_len(self.frame[1] + 1, real=True))
+        self.frame = _correlate.search_frame(self.image_shape)
+
+        # --- made when first needed: frame-sized device arrays that a search built only
+        # to estimate its run time never needs ---
         self._prepared_device = False
-        self._state_ready = False
-        self._elapsed_before = 0.0
-        self._fixed_batch_size = None
+        self._corr: _correlate.Correlator | None = None  # fixed inputs, per-batch work
+        self._rots: np.ndarray | None = None  # (n_orientations_total, 3, 3)
+        self.stats: RunningStats | None = None  # see _alloc_state
+        # Threads over maps and rows (none starts before the first task). The correlator
+        # gets a runner on the pool, not a bound method: no reference cycle then keeps
+        # its frame-sized buffers alive after the search is dropped.
+        self._pool = ThreadPoolExecutor(self.backend.fft_kw.get("workers", 1))
+        self._run_threads = _correlate.thread_runner(self._pool)
+
+        # --- run bookkeeping (run() and checkpoints) ---
+        self._elapsed_before = 0.0  # seconds spent by the runs this one resumes
+        self._fixed_batch_size: int | None = None  # a resumed run's batch size
+        self._batch_size_used: int | None = None
+        self._session_start: float | None = None  # perf_counter() when run() started
+        self._resumed_from = 0  # CCs per pixel already done when run() started
+        self._timing: dict[str, float] = {}  # seconds per loop stage, filled by run()
 
         # --- checkpoint: check now (before any work) that it belongs to this search ---
         self.checkpoint_path = Path(checkpoint) if checkpoint else None
@@ -267,18 +220,13 @@ class Search:
         """What a checkpoint or shard must share with this search to be combined with it:
         content hashes of the micrograph and template, pixel sizes, and the config
         entries that define the scores (not device, batch size, intervals or detection)."""
-        cfgd = self.config.to_dict()
-        for k in _RUNTIME_FIELDS:
-            cfgd.pop(k, None)
-        if self.config.orientations is not None:
-            cfgd["orientations"] = array_digest(np.asarray(self.orientations, np.float64))
         return {
             "micrograph": self._input_digest,
             "input_shape": list(self.input_shape),
             "input_pixel_size_a": self.input_pixel_size_a,
             "template": array_digest(self.template.volume),
             "template_pixel_size_a": float(self.template.pixel_size_a),
-            "config": json.loads(json.dumps(cfgd, default=str)),
+            "config": scoring_config(self.config),
         }
 
     def _check_compatible(self, state: dict, path, what: str):
@@ -292,50 +240,21 @@ class Search:
                              f"search {self.orientation_range[0]}..{self.orientation_range[1]}")
 
     # ------------------------------------------------------------------ set-up
-    def _alloc_state(self):
+    def _alloc_state(self) -> RunningStats:
         """Running statistics on the search grid ``(ny, nx)`` (the kernels touch only it)."""
-        if self._state_ready:
-            return
-        xp = self.backend.xp
-        ny, nx = self.image_shape
-        self._mip = xp.full((ny, nx), -np.inf, np.float32)
-        self._best = xp.zeros((ny, nx), np.int32)
-        self._s1 = xp.zeros((ny, nx), np.float64)
-        self._s2 = xp.zeros((ny, nx), np.float64)
-        self._n_done = 0
-        self._done: dict[int, list] = {}
-        self._state_ready = True
+        if self.stats is None:
+            self.stats = RunningStats(self.image_shape, self.backend.xp)
+        return self.stats
 
     def _setup_device(self):
         if self._prepared_device:
             return
-        b = self.backend
-        xp = b.xp
         cfg = self.config
-        hs, ws = self.frame
-        ny, nx = self.image_shape
-        frame = np.zeros((hs, ws), np.float32)
-        frame[:ny, :nx] = self.prepared.image
-        self._img_ft = xp.asarray(sfft.rfft2(frame, workers=-1).astype(np.complex64, copy=False))
-        del frame
-        wgrid = self.prepared.whitening.on_grid((hs, ws), self.pixel_size_a)
-        # Filled plane by plane: a stack of float64 temporaries would cost n_planes x 2
-        # full-frame arrays on large micrographs.
-        filts = np.empty((self.n_planes, hs, ws // 2 + 1), np.float32)
-        k = 0
-        for dpx in self.pixel_offsets_a:
-            for ddf in self.defocus_offsets_a:
-                np.multiply(ctf_2d(cfg.ctf, (hs, ws), self.pixel_size_a + dpx, defocus_offset_a=ddf),
-                            wgrid, out=filts[k])
-                k += 1
-        del wgrid
-        self._filters = xp.asarray(filts)
-        wts = np.full(ws // 2 + 1, 2.0, np.float32)
-        wts[0] = 1.0
-        wts[-1] = 1.0
-        self._wts = xp.asarray(wts)
         pad = cfg.template_pad or (2 if self.template.box <= 256 else 1)
-        self._fvol = FourierVolume(self.template.volume, pad=pad, xp=xp)
+        self._corr = _correlate.Correlator.build(
+            self.backend, self.prepared, cfg.ctf, self.frame, self.pixel_offsets_a,
+            self.defocus_offsets_a, self.template.volume, pad, self.box,
+            self._run_threads)
         self._rots = euler_to_matrix(*self.orientations.T)
         self._alloc_state()
         if self._resume_state is not None:
@@ -345,63 +264,24 @@ class Search:
 
     def _restore(self, p: SearchPartial):
         """Load accumulated statistics (a checkpoint, or a complete partial to finish)."""
-        xp = self.backend.xp
-        if p.mip.shape != self.image_shape:
-            raise InputError(f"partial statistics of shape {p.mip.shape} do not fit the search "
-                             f"grid {self.image_shape}")
-        self._mip[...] = xp.asarray(p.mip)
-        self._best[...] = xp.asarray(p.best)
-        self._s1[...] = xp.asarray(p.s1)
-        self._s2[...] = xp.asarray(p.s2)
-        self._n_done = int(p.n_cc)
-        self._done = p.done_by_plane()
+        self.stats.restore(p)
         self._elapsed_before = float(p.info.get("elapsed_s", 0.0))
         if p.info.get("batch_size"):
             # The batch boundaries of the interrupted run, so the remaining batches are
             # exactly the ones it had not added yet.
             self._fixed_batch_size = int(p.info["batch_size"])
 
-    def _batch_size(self) -> int:
-        """Orientations per batch.
+    def _gpu_free_bytes(self) -> int | None:
+        return _correlate.gpu_free_bytes(self.backend.xp) if self.backend.is_gpu else None
 
-        CPU: small frames are batched so per-call overheads vanish; large frames go one
-        orientation at a time so the correlation maps stay in cache. GPU: as many as fit
-        in 40% of the free device memory (the state is already allocated).
-        """
+    def _batch_size(self) -> int:
+        """Orientations per batch: a resumed run's, the config's, or what fits
+        (:func:`napari_2dtm.search._correlate.batch_size`)."""
         if self._fixed_batch_size:
             return self._fixed_batch_size
         if self.config.batch_size:
             return int(self.config.batch_size)
-        hs, ws = self.frame
-        n_df = len(self.defocus_offsets_a)
-        if self.backend.is_gpu:
-            spec = hs * (ws // 2 + 1) * 8
-            # padded spectrum + its FFT output, and per defocus plane the product, the
-            # cuFFT work area and the real map
-            per = 2 * spec + n_df * self._gpu_bytes_per_map()
-            return int(max(1, min(64, 0.4 * self._gpu_free_bytes() // per)))
-        per = hs * (ws // 2 + 1) * 8 * n_df
-        return int(max(1, min(64, (16 << 20) // per)))
-
-    def _gpu_bytes_per_map(self) -> int:
-        hs, ws = self.frame
-        return 2 * hs * (ws // 2 + 1) * 8 + hs * ws * 4
-
-    def _gpu_free_bytes(self) -> int:
-        cp = self.backend.xp
-        free, _total = cp.cuda.Device().mem_info
-        return int(free + cp.get_default_memory_pool().free_bytes())
-
-    def _map_chunk(self, m: int) -> int:
-        """Correlation maps computed at once, so memory stays bounded with many planes."""
-        hs, ws = self.frame
-        if self.backend.is_gpu:
-            ny, nx = self.image_shape
-            spare = 0.4 * self._gpu_free_bytes() - 13 * ny * nx  # update temporaries
-            return int(max(1, min(m, spare // self._gpu_bytes_per_map())))
-        per = hs * (ws // 2 + 1) * 8 + hs * ws * 4  # spectrum product + real map
-        w = self.backend.fft_kw["workers"]
-        return int(max(1, min(m, max(w, (256 << 20) // per))))
+        return _correlate.batch_size(self.frame, len(self.defocus_offsets_a), self._gpu_free_bytes())
 
     # ---------------------------------------------------------------- the loop
     def cancel(self):
@@ -414,63 +294,7 @@ class Search:
 
     def estimate_seconds(self) -> float:
         """Rough run time: timed inverse FFTs of the search frame x CCs x overhead."""
-        hs, ws = self.frame
-        x = np.zeros((hs, ws // 2 + 1), np.complex64)
-        b = self.backend
-        if b.is_gpu:
-            return self.n_cc_total * hs * ws * 2e-11
-        sfft.irfft2(x, s=(hs, ws), **b.fft_kw)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            sfft.irfft2(x, s=(hs, ws), **b.fft_kw)
-        per = (time.perf_counter() - t0) / 3
-        return self.n_cc_total * per * 1.4
-
-    def _projections(self, rots, scale):
-        """Edge-mean-subtracted real projections ``(B, h, h)``, centre at pixel 0."""
-        b = self.backend
-        xp = b.xp
-        h = self.box
-        sl = extract_slices(self._fvol, rots, h, scale,
-                            run=None if b.is_gpu else self._map_threads)
-        p = b.fft.irfft2(sl, s=(h, h), axes=(-2, -1), **b.fft_kw)
-        subtract_edge_mean(p, xp=xp)
-        return p.astype(xp.float32)
-
-    def _padded_ft(self, proj):
-        """Forward FFT of projections zero-padded to the frame: ``(B, Hs, Ws//2+1)``."""
-        b = self.backend
-        xp = b.xp
-        nb, h, _ = proj.shape
-        hs, ws = self.frame
-        e = h // 2
-        rows = xp.zeros((nb, h, ws), xp.float32)
-        rows[:, :, :e] = proj[:, :, :e]
-        rows[:, :, ws - e :] = proj[:, :, e:]
-        r = b.fft.rfft(rows, axis=-1, **b.fft_kw)
-        if b.is_gpu:
-            big = xp.zeros((nb, hs, ws // 2 + 1), xp.complex64)
-            big[:, :e] = r[:, :e]
-            big[:, hs - e :] = r[:, e:]
-            return b.fft.fft(big, axis=1, overwrite_x=True)
-        buf = getattr(self, "_pft_buf", None)
-        if buf is None or buf.shape[0] < nb:
-            buf = self._pft_buf = np.empty((nb, hs, ws // 2 + 1), np.complex64)
-        big = buf[:nb]  # reused: no page faults for a fresh frame-sized array per batch
-        big[:, :e] = r[:, :e]
-        big[:, e : hs - e] = 0
-        big[:, hs - e :] = r[:, e:]
-        w = b.fft_kw["workers"]
-        if nb < w:  # few large frames: threads inside each FFT
-            return sfft.fft(big, axis=1, workers=w, overwrite_x=True)
-
-        def column_pass(i):
-            col = sfft.fft(big[i], axis=0, workers=1, overwrite_x=True)  # in place in practice
-            if not np.may_share_memory(col, big[i]):
-                big[i] = col
-
-        self._map_threads(column_pass, nb)
-        return big
+        return _correlate.estimate_seconds(self.frame, self.n_cc_total, self.backend)
 
     def _batches(self, bs: int) -> list[tuple[int, int, int]]:
         """All ``(pixel_plane, o_start, o_stop)`` batches of this search, in order.
@@ -482,29 +306,19 @@ class Search:
         return [(ip, o0, min(b, o0 + bs)) for ip in range(len(self.pixel_offsets_a))
                 for o0 in range(a, b, bs)]
 
-    def _is_done(self, ip, o0, o1) -> bool:
-        return any(a <= o0 and o1 <= b for a, b in self._done.get(ip, []))
-
-    def _mark_done(self, ip, o0, o1):
-        iv = self._done.setdefault(ip, [])
-        if iv and iv[-1][1] == o0:
-            iv[-1][1] = o1
-        else:
-            iv.append([o0, o1])
-            iv.sort()
-
     def run(self) -> Iterator[SearchProgress]:
         """Run the search, yielding progress snapshots; sets :attr:`result` at the end.
 
-        Raises :class:`~napari_2dtm.errors.SearchCancelled` if :meth:`cancel` was called
-        (after saving a checkpoint, when the search has one).
+        Raises :class:`~napari_2dtm.errors.Cancelled` (alias ``SearchCancelled``) if
+        :meth:`cancel` was called (after saving a checkpoint, when the search has one).
         """
         self._setup_device()
+        stats = self.stats
         cfg = self.config
         n_df = len(self.defocus_offsets_a)
         bs = self._batch_size()
         self._batch_size_used = bs
-        todo = [t for t in self._batches(bs) if not self._is_done(*t)]
+        todo = [t for t in self._batches(bs) if not stats.is_done(*t)]
         t_start = time.perf_counter()
         t_last = t_ckpt = t_start
         snap_wait = cfg.progress_interval_s
@@ -512,7 +326,7 @@ class Search:
                         "stats_s": 0.0, "checkpoint_s": 0.0}
         tm = self._timing
         self._session_start = t_start
-        done = self._n_done
+        done = stats.n_cc
         self._resumed_from = done
         done_at_ckpt = done
         total = self.n_cc_total
@@ -522,22 +336,21 @@ class Search:
             if self._cancel.is_set():
                 if self.checkpoint_path is not None and done > done_at_ckpt:
                     self.save_checkpoint()
-                raise SearchCancelled("search cancelled")
+                raise Cancelled("search cancelled")
             if ip not in scales:
-                scales[ip] = self._fvol.scale_for(self.template.pixel_size_a, self.box,
-                                                  self.pixel_size_a + self.pixel_offsets_a[ip])
+                scales[ip] = self._corr.fvol.scale_for(
+                    self.template.pixel_size_a, self.box, self.pixel_size_a + self.pixel_offsets_a[ip])
             t0 = time.perf_counter()
-            proj = self._projections(self._rots[o0:o1], scales[ip])
+            proj = self._corr.projections(self._rots[o0:o1], scales[ip])
             t1 = time.perf_counter()
-            pft = self._padded_ft(proj)
+            pft = self._corr.padded_spectra(proj)
             t2 = time.perf_counter()
             tm["projection_s"] += t1 - t0
             tm["forward_s"] += t2 - t1
             self._correlate_update(pft, ip, o0)
             del pft
-            self._mark_done(ip, o0, o1)
-            done += (o1 - o0) * n_df
-            self._n_done = done
+            stats.mark_done(ip, o0, o1, (o1 - o0) * n_df)
+            done = stats.n_cc
             now = time.perf_counter()
             if (self.checkpoint_path is not None and interval and interval > 0
                     and now - t_ckpt >= interval and done < total):
@@ -551,8 +364,7 @@ class Search:
                 # Snapshots of large maps cost ~1 s: keep them under ~10% of the time.
                 snap_wait = max(cfg.progress_interval_s, 10.0 * (t_last - now))
                 yield snap
-        # full-frame buffers: not needed for the maps
-        self._prod_buf = self._cc_buf = self._pft_buf = None
+        self._corr.release()  # full-frame buffers: not needed for the maps
         if self.checkpoint_path is not None and done > done_at_ckpt:
             t0 = time.perf_counter()
             self.save_checkpoint()
@@ -580,104 +392,37 @@ class Search:
         didx = np.tile(np.arange(n_df), nb).astype(np.int64)
         fidx = didx + ip * n_df
         gidx = (o0 + pidx + n_or * (didx + n_df * ip)).astype(np.int32)
-        cm = self._map_chunk(m)
+        # a bounded number of maps at once, so memory stays bounded with many planes
+        cm = _correlate.map_chunk(m, self.frame, self.image_shape,
+                                  self.backend.fft_kw.get("workers", 1), self._gpu_free_bytes())
         for c0 in range(0, m, cm):
             c1 = min(m, c0 + cm)
             t3 = time.perf_counter()
-            ccs, scales = self._correlate(pft, fidx[c0:c1], pidx[c0:c1])
+            ccs, scales = self._corr.correlate(pft, fidx[c0:c1], pidx[c0:c1])
             t4 = time.perf_counter()
-            self._update(ccs, scales, gidx[c0:c1])
+            self.stats.update(ccs, scales, gidx[c0:c1], run=self._run_threads)
             del ccs
             t5 = time.perf_counter()
             tm["correlate_s"] += t4 - t3
             tm["stats_s"] += t5 - t4
 
-    def _correlate(self, pft, fidx, pidx):
-        """Raw correlation maps ``pft[pidx[i]] x filters[fidx[i]] x image`` ``(k, Hs, Ws)``
-        and their normalisation factors ``(k,)``."""
-        b = self.backend
-        xp = b.xp
-        hs, ws = self.frame
-        k = len(fidx)
-        if b.is_gpu:
-            prod = xp.empty((k, hs, ws // 2 + 1), xp.complex64)
-            energy_d = xp.empty(k, xp.float64)
-            for i in range(k):
-                prod[i], energy_d[i] = _kernels.multiply_energy_reference(
-                    self._img_ft, self._filters[int(fidx[i])], pft[int(pidx[i])], self._wts, xp=xp)
-            energy = to_numpy(energy_d)
-            ccs = b.fft.irfft2(prod, s=(hs, ws), axes=(-2, -1), overwrite_x=True)
-            del prod
-        else:
-            buf = getattr(self, "_prod_buf", None)
-            if buf is None or buf.shape[0] < k:
-                # Reused across batches: a fresh large array each time costs page faults
-                # (a third of the run time on K3 frames).
-                buf = self._prod_buf = np.empty((k, hs, ws // 2 + 1), np.complex64)
-                self._cc_buf = np.empty((k, hs, ws), np.float32)
-            prod = buf[:k]
-            ccs = self._cc_buf[:k]
-            energy = np.empty(k)
-            nt = min(k, 4 * self.backend.fft_kw["workers"])
-            edges = np.linspace(0, k, nt + 1).astype(int)
-            fidx = np.ascontiguousarray(fidx)
-            pidx = np.ascontiguousarray(pidx)
-            self._map_threads(lambda j: _kernels.multiply_energy_batch(
-                self._img_ft, self._filters, fidx, pft, pidx, self._wts, prod, energy,
-                edges[j], edges[j + 1]), nt)
-
-            def inverse(i):
-                # One map per thread (threads over maps scale better than threads inside
-                # one FFT, and pocketfft is faster one map at a time than batched), in
-                # two passes into preallocated memory: the column pass in place (scipy),
-                # the row pass into the reused map buffer (numpy.fft has out=). Both are
-                # pocketfft: the maps equal scipy.fft.irfft2's.
-                col = sfft.ifft(prod[i], axis=0, workers=1, overwrite_x=True)
-                np.fft.irfft(col, n=ws, axis=1, out=ccs[i])
-
-            self._map_threads(inverse, k)
-        # Parseval: sum_x t(x)^2 = (1/N) sum_k |T(k)|^2 over the full spectrum.
-        with np.errstate(divide="ignore"):
-            scales = np.where(energy > 0, 1.0 / np.sqrt(energy / (hs * ws)), 0.0).astype(np.float32)
-        return ccs, scales
-
-    def _map_threads(self, fn, n):
-        pool = getattr(self, "_pool", None)
-        if pool is None:
-            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
-            pool = self._pool = ThreadPoolExecutor(self.backend.fft_kw.get("workers", 1))
-        list(pool.map(fn, range(n)))
-
-    def _update(self, ccs, scales, gidx):
-        b = self.backend
-        ny, nx = self.image_shape
-        if b.is_gpu:
-            xp = b.xp
-            _kernels.update_stats_reference(ccs, xp.asarray(scales), xp.asarray(gidx),
-                                            self._mip, self._best, self._s1, self._s2, ny, nx, xp=xp)
-        else:
-            _kernels.update_stats(ccs, scales, gidx, self._mip, self._best,
-                                  self._s1, self._s2, ny, nx, run=self._map_threads)
-
     # ------------------------------------------------- checkpoints and partials
     def partial(self) -> SearchPartial:
         """The statistics accumulated so far (NumPy views on the CPU, copies from a GPU)."""
-        self._alloc_state()
+        stats = self._alloc_state()
         cfg = self.config
         a, b = self.orientation_range
-        done = [[ip, o0, o1] for ip, iv in sorted(self._done.items()) for o0, o1 in iv]
         now = time.perf_counter()
-        elapsed = self._elapsed(now) if hasattr(self, "_session_start") else self._elapsed_before
+        elapsed = self._elapsed(now) if self._session_start is not None else self._elapsed_before
         info = {
             "config": cfg.to_dict(),
             "n_orientations_total": self.n_orientations_total,
             "n_defocus": len(self.defocus_offsets_a),
             "n_pixel_planes": len(self.pixel_offsets_a),
             "orientation_range": [a, b],
-            "batch_size": getattr(self, "_batch_size_used", None) or self._fixed_batch_size,
+            "batch_size": self._batch_size_used or self._fixed_batch_size,
             "elapsed_s": elapsed,
-            "complete": self._n_done >= self.n_cc_total,
+            "complete": stats.n_cc >= self.n_cc_total,
             "search_shape": list(self.image_shape),
             "search_pixel_size_a": self.pixel_size_a,
             "input_shape": list(self.input_shape),
@@ -687,9 +432,9 @@ class Search:
                          "params": _jsonable(self.template.params)},
         }
         return SearchPartial(
-            mip=to_numpy(self._mip), best=to_numpy(self._best), s1=to_numpy(self._s1),
-            s2=to_numpy(self._s2), done=done, n_cc=int(self._n_done), identity=self.identity(),
-            info=info, template_volume=self.template.volume,
+            mip=to_numpy(stats.mip), best=to_numpy(stats.best), s1=to_numpy(stats.s1),
+            s2=to_numpy(stats.s2), done=stats.done_list(), n_cc=int(stats.n_cc),
+            identity=self.identity(), info=info, template_volume=self.template.volume,
             orientations=(None if cfg.orientations is None
                           else np.asarray(self.orientations, np.float64)))
 
@@ -757,54 +502,11 @@ class Search:
         return cls(image, pixel_size_a or info["input_pixel_size_a"], tpl, cfg,
                    checkpoint=path, micrograph_path=mic)
 
-    # ------------------------------------------------------------- statistics
+    # ------------------------------------------------------------------- maps
     def valid_mask(self) -> np.ndarray:
         """Pixels where the whole particle lies inside the micrograph (search px grid)."""
-        ny, nx = self.image_shape
-        a, c = self.prepared.binning
-        # Image content ends where the (unpadded) input ends.
-        hy = int(math.floor(self.input_shape[0] * c / a))
-        hx = int(math.floor(self.input_shape[1] * c / a))
-        m = np.zeros((ny, nx), bool)
-        r = self.border_px
-        m[r : max(r, hy - r), r : max(r, hx - r)] = True
-        return m
-
-    def _maps(self, n, full=True):
-        """Score maps from the statistics after ``n`` CCs per pixel, in row blocks so that
-        float64 temporaries stay small on large micrographs.
-
-        Returns ``(maps, global_mean, global_std, valid)``; maps are float32 ``(ny, nx)``:
-        mip, zscore, snr, and with ``full`` also mean and std.
-        """
-        ny, nx = self.image_shape
-        valid = self.valid_mask()
-        out = {k: np.empty((ny, nx), np.float32)
-               for k in (("mip", "zscore", "snr", "mean", "std") if full else ("mip", "zscore", "snr"))}
-        tot1 = tot2 = 0.0
-        step = max(1, (4 << 20) // max(1, nx))  # ~32 MB float64 blocks
-        blocks = [(y0, min(ny, y0 + step)) for y0 in range(0, ny, step)]
-        for y0, y1 in blocks:
-            s1 = to_numpy(self._s1[y0:y1])
-            s2 = to_numpy(self._s2[y0:y1])
-            mip = to_numpy(self._mip[y0:y1]).astype(np.float64)
-            v = valid[y0:y1]
-            mean = s1 / n
-            std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out["zscore"][y0:y1] = np.where((std > 0) & v, (mip - mean) / std, 0.0)
-            if full:
-                out["mean"][y0:y1] = mean
-                out["std"][y0:y1] = std
-            out["mip"][y0:y1] = np.where(v, mip, 0.0)
-            tot1 += float(s1[v].sum())
-            tot2 += float(s2[v].sum())
-        cnt = n * max(1, int(valid.sum()))
-        gmean = tot1 / cnt
-        gsig = math.sqrt(max(tot2 / cnt - gmean * gmean, 1e-30))
-        for y0, y1 in blocks:
-            out["snr"][y0:y1] = out["mip"][y0:y1].astype(np.float64) / gsig
-        return out, gmean, gsig, valid
+        return _valid_mask(self.image_shape, self.input_shape, self.prepared.binning,
+                           self.border_px)
 
     def _snapshot(self, done, total, elapsed, done_flag=False):
         n_df_px = self.n_planes
@@ -812,7 +514,7 @@ class Search:
         if done_flag and self.result is not None:
             maps = self.result.maps
         else:
-            maps, _, _, _ = self._maps(n, full=False)
+            maps, _, _ = score_maps(self.stats, n, self.valid_mask(), full=False)
         rate = (done / n_df_px) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / n_df_px / rate if rate > 0 else float("inf")
         return SearchProgress(
@@ -825,30 +527,10 @@ class Search:
         from .detect import extract_hits, false_alarm_threshold  # noqa: PLC0415
 
         n = self.n_cc_total
-        maps, gmean, gsig, valid = self._maps(n)
-        ny, nx = self.image_shape
-        n_or = self.n_orientations_total
-        n_df = len(self.defocus_offsets_a)
-        ori32 = self.orientations.astype(np.float32)
-        df32 = self.defocus_offsets_a.astype(np.float32)
-        px32 = (self.pixel_size_a + self.pixel_offsets_a).astype(np.float32)
-        names = ["phi", "theta", "psi", "defocus_offset"]
-        if len(self.pixel_offsets_a) > 1:
-            names.append("pixel_size")
-        for name in names:
-            maps[name] = np.empty((ny, nx), np.float32)
-        step = max(1, (4 << 20) // max(1, nx))
-        for y0 in range(0, ny, step):
-            y1 = min(ny, y0 + step)
-            best = to_numpy(self._best[y0:y1])
-            v = valid[y0:y1]
-            o = best % n_or
-            rest = best // n_or
-            for i, name in enumerate(("phi", "theta", "psi")):
-                maps[name][y0:y1] = np.where(v, ori32[o, i], 0.0)
-            maps["defocus_offset"][y0:y1] = df32[rest % n_df]
-            if "pixel_size" in maps:
-                maps["pixel_size"][y0:y1] = px32[rest // n_df]
+        valid = self.valid_mask()
+        maps, gmean, gsig = score_maps(self.stats, n, valid)
+        maps.update(parameter_maps(self.stats.best, valid, self.orientations,
+                                   self.defocus_offsets_a, self.pixel_size_a + self.pixel_offsets_a))
         maps["defocus"] = (self.config.ctf.defocus_mean_a + maps["defocus_offset"]).astype(np.float32)
         n_valid = int(valid.sum())
         n_trials = float(n_valid) * n
@@ -880,10 +562,10 @@ class Search:
             "cc_global_std": gsig,
             "device": self.backend.name,
             "elapsed_s": elapsed,
-            "timing": dict(getattr(self, "_timing", {})),
+            "timing": dict(self._timing),
             "cc_per_s": n / elapsed if elapsed > 0 else None,
             "identity": self.identity(),
-            "resumed_from_cc": int(getattr(self, "_resumed_from", 0)),
+            "resumed_from_cc": int(self._resumed_from),
             "euler_convention": "ZYZ (RELION/cisTEM), degrees",
             "pixel_origin": "0-based pixel centres; x = column, y = row",
         }
@@ -892,26 +574,6 @@ class Search:
                            n_trials=n_trials, hits=None, metadata=meta, valid_mask=valid)
         res.hits = extract_hits(res, ctf=self.config.ctf)
         return res
-
-
-def _template_radius(t: Template) -> float:
-    """Radius (template px) of the sphere holding 99% of the template's |potential|.
-
-    An integral criterion: a max-fraction cut would pick up the flat low tail of
-    B-factor-blurred atoms and overestimate the particle.
-    """
-    v = np.abs(t.volume).astype(np.float64)
-    tot = v.sum()
-    n = t.box
-    if tot <= 0:
-        return n / 2
-    c = n // 2
-    z, y, x = np.indices(v.shape)
-    r = np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).ravel()
-    order = np.argsort(r)
-    cum = np.cumsum(v.ravel()[order]) / tot
-    r99 = r[order][np.searchsorted(cum, 0.99)]
-    return float(min(r99 + 1.0, n / 2))
 
 
 def _jsonable(d):

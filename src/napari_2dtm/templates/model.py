@@ -4,6 +4,11 @@ The potential is computed by gemmi's ``DensityCalculatorE`` from its tabulated 5
 electron scattering factors (Peng et al. 1996, ``gemmi.Element(...).c4322``); nothing here
 hand-writes scattering tables. See ``docs/templates.md`` for the choices made.
 
+Atoms are read by :mod:`napari_2dtm.templates.atoms` and picked by
+:mod:`napari_2dtm.templates.selection`; this module places them on the grid, applies the
+optional dose filter and caches finished maps in memory and on disk, keyed by the model
+file's identity and every parameter that changes the voxels.
+
 Units
     Voxel values are the Coulomb potential in **volts** sampled at the voxel centres:
     ``V(r) = h^2 / (2 pi m0 e) * rho(r)`` with ``rho`` the inverse 3D Fourier transform of
@@ -28,13 +33,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
-import functools
 import hashlib
 import json
 import math
 import os
-import re
 import threading
 import time
 import warnings
@@ -45,15 +47,15 @@ from scipy import constants as _const
 
 from napari_2dtm.errors import InputError
 
-from .template import Template, register_template_loader
+from .atoms import AtomTable, _filter_atoms, clear_atom_cache, file_key, read_atoms
+from .selection import select_atoms
+from .template import Template
 
 __all__ = [
     "DEFAULT_BFACTOR_A2",
     "VOLT_A2",
     "template_from_model",
-    "read_atoms",
-    "AtomTable",
-    "select_atoms",
+    "potential_on_grid",
     "critical_exposure",
     "dose_filter",
     "write_template_mrc",
@@ -70,403 +72,7 @@ VOLT_A2 = _const.h**2 / (2.0 * math.pi * _const.m_e * _const.e) * 1e20
 #: Margin (A) added around the model's radius when the box size is chosen automatically.
 AUTO_BOX_MARGIN_A = 5.0
 
-_MODEL_SUFFIXES = (".pdb", ".cif", ".mmcif", ".ent")
 _CACHE_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------
-# Reading atoms
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AtomTable:
-    """All atoms of the first model of a structure file, as flat arrays (one row per atom).
-
-    ``xyz`` is ``(N, 3)`` float64 in Angstrom (model coordinates, x, y, z order).
-    ``f0`` is ``sum(a_i)`` of the element's 5-Gaussian electron scattering factor (A),
-    i.e. ``f_e(0)``: each atom's integrated potential is ``occ * f0 * VOLT_A2`` V*A^3.
-    """
-
-    path: str
-    xyz: np.ndarray
-    atomic_number: np.ndarray
-    element: np.ndarray
-    occ: np.ndarray
-    b_iso: np.ndarray
-    chain: np.ndarray
-    resname: np.ndarray
-    seqnum: np.ndarray
-    atom_name: np.ndarray
-    is_hydrogen: np.ndarray
-    is_water: np.ndarray
-    is_het: np.ndarray
-    is_polymer_residue: np.ndarray
-    f0: np.ndarray
-    coefs_a: np.ndarray  # (N, 5) Gaussian amplitudes a_i (A)
-    coefs_b: np.ndarray  # (N, 5) Gaussian widths b_i (A^2)
-    structure: object = dataclasses.field(repr=False, compare=False, default=None)
-
-    def __len__(self) -> int:
-        return len(self.xyz)
-
-    def subset(self, mask: np.ndarray) -> AtomTable:
-        fields = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, np.ndarray) and v.shape[:1] == (len(self),):
-                v = v[mask]
-            fields[f.name] = v
-        return AtomTable(**fields)
-
-    def weighted_center(self) -> np.ndarray:
-        """Potential-weighted centre (weights ``occ * f_e(0)``) in model coordinates."""
-        w = self.occ * self.f0
-        tot = float(w.sum())
-        if tot <= 0:
-            return self.xyz.mean(axis=0)
-        return (self.xyz * w[:, None]).sum(axis=0) / tot
-
-
-def _file_key(path: Path) -> tuple:
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read atomic model ({e.strerror or e})") from None
-    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=128)
-def _element_coefs(atomic_number: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    import gemmi
-
-    c = gemmi.Element(int(atomic_number)).c4322.get_coefs()
-    return tuple(float(v) for v in c[:5]), tuple(float(v) for v in c[5:10])
-
-
-_ATOM_CACHE: collections.OrderedDict = collections.OrderedDict()
-_ATOM_CACHE_MAX = 16
-_LOCK = threading.RLock()
-
-
-def read_atoms(path: str | Path) -> AtomTable:
-    """Read all atoms of the first model of a PDB/mmCIF file (gzip allowed), cached.
-
-    Raises :class:`InputError` if the file is missing, unreadable or holds no atoms.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: model file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a PDB or mmCIF model file")
-    key = _file_key(path)
-    with _LOCK:
-        if key in _ATOM_CACHE:
-            _ATOM_CACHE.move_to_end(key)
-            return _ATOM_CACHE[key]
-    table = _read_atoms_uncached(path)
-    with _LOCK:
-        _ATOM_CACHE[key] = table
-        while len(_ATOM_CACHE) > _ATOM_CACHE_MAX:
-            _ATOM_CACHE.popitem(last=False)
-    return table
-
-
-def _read_atoms_uncached(path: Path) -> AtomTable:
-    import gemmi
-
-    if path.name.lower().endswith(".gz"):
-        import gzip
-        import zlib
-
-        try:
-            with gzip.open(path, "rb") as fh:
-                while fh.read(1 << 22):
-                    pass
-        except (OSError, EOFError, zlib.error) as e:
-            raise InputError(f"{path}: cannot read atomic model (broken gzip file: {e})") from None
-    try:
-        st = gemmi.read_structure(str(path))
-    except Exception as e:  # gemmi raises RuntimeError / ValueError / OSError on junk
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: cannot read atomic model ({msg})") from None
-    if len(st) == 0:
-        raise InputError(f"{path}: contains no atoms (not a PDB/mmCIF model?)")
-    # Keep only the first model; number atoms so gemmi selections map back to rows.
-    while len(st) > 1:
-        del st[len(st) - 1]
-    try:
-        st.setup_entities()
-    except Exception:  # noqa: BLE001  entity setup is only a nicety for 'protein'
-        pass
-    st.assign_serial_numbers()
-    model = st[0]
-    rows = []
-    chains, resnames, names, elements = [], [], [], []
-    for ch in model:
-        for res in ch:
-            water = res.is_water()
-            info = gemmi.find_tabulated_residue(res.name)
-            poly = bool(info is not None and (info.is_amino_acid() or info.is_nucleic_acid()))
-            het = res.het_flag == "H"
-            for a in res:
-                el = a.element
-                rows.append(
-                    (
-                        a.pos.x,
-                        a.pos.y,
-                        a.pos.z,
-                        el.atomic_number,
-                        a.occ,
-                        a.b_iso,
-                        res.seqid.num,
-                        el.is_hydrogen,
-                        water,
-                        het,
-                        poly,
-                    )
-                )
-                chains.append(ch.name)
-                resnames.append(res.name)
-                names.append(a.name)
-                elements.append(el.name)
-    if not rows:
-        raise InputError(f"{path}: contains no atoms (not a PDB/mmCIF model?)")
-    arr = np.array(rows, dtype=np.float64)
-    z = arr[:, 3].astype(np.int16)
-    if np.any(z <= 0):
-        i = int(np.argmax(z <= 0))
-        raise InputError(
-            f"{path}: atom {names[i]!r} in residue {resnames[i]} {int(arr[i, 6])} of chain "
-            f"{chains[i]} has an unknown element; fix the element column"
-        )
-    coefs = [_element_coefs(int(v)) for v in z]
-    ca = np.array([c[0] for c in coefs], dtype=np.float64)
-    cb = np.array([c[1] for c in coefs], dtype=np.float64)
-    return AtomTable(
-        path=str(path),
-        xyz=np.ascontiguousarray(arr[:, :3]),
-        atomic_number=z,
-        element=np.array(elements, dtype=object),
-        occ=arr[:, 4].copy(),
-        b_iso=arr[:, 5].copy(),
-        chain=np.array(chains, dtype=object),
-        resname=np.array([r.upper() for r in resnames], dtype=object),
-        seqnum=arr[:, 6].astype(np.int64),
-        atom_name=np.array(names, dtype=object),
-        is_hydrogen=arr[:, 7].astype(bool),
-        is_water=arr[:, 8].astype(bool),
-        is_het=arr[:, 9].astype(bool),
-        is_polymer_residue=arr[:, 10].astype(bool),
-        f0=ca.sum(axis=1),
-        coefs_a=ca,
-        coefs_b=cb,
-        structure=st,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Selections
-# --------------------------------------------------------------------------------------
-
-_SELECTION_HELP = (
-    "syntax: chain A,B | resname STR | resid 10-50 | name CA | element C | protein | ligand | "
-    "water | hydrogen | all, joined by and/or/not/but and parentheses, or a gemmi CID like /1/A/10-50"
-)
-_OPERATORS = {"and", "or", "not", "but", "(", ")"}
-_LIST_SELECTORS = {
-    "chain": "chain",
-    "chains": "chain",
-    "chainid": "chain",
-    "resname": "resname",
-    "resn": "resname",
-    "resnames": "resname",
-    "resid": "resid",
-    "resi": "resid",
-    "resseq": "resid",
-    "residue": "resid",
-    "residues": "resid",
-    "name": "name",
-    "atomname": "name",
-    "element": "element",
-    "elem": "element",
-}
-_FLAG_SELECTORS = {
-    "all": "all",
-    "everything": "all",
-    "none": "none",
-    "protein": "polymer",
-    "polymer": "polymer",
-    "water": "water",
-    "waters": "water",
-    "solvent": "water",
-    "hydrogen": "hydrogen",
-    "hydrogens": "hydrogen",
-    "ligand": "ligand",
-    "ligands": "ligand",
-    "hetatm": "het",
-    "het": "het",
-}
-_RANGE_RE = re.compile(r"^(-?\d+)[A-Za-z]?(?:(?:-|:|\.\.)(-?\d+)[A-Za-z]?)?$")
-
-
-class _SelectionSyntaxError(Exception):
-    pass
-
-
-def _tokenize(text: str) -> list[str]:
-    return re.findall(r"\(|\)|,|[^\s(),]+", text)
-
-
-class _Parser:
-    def __init__(self, tokens: list[str], atoms: AtomTable):
-        self.toks = tokens
-        self.i = 0
-        self.atoms = atoms
-
-    def peek(self) -> str | None:
-        return self.toks[self.i] if self.i < len(self.toks) else None
-
-    def take(self) -> str:
-        t = self.toks[self.i]
-        self.i += 1
-        return t
-
-    def parse(self) -> np.ndarray:
-        m = self.expr_or()
-        if self.peek() is not None:
-            raise _SelectionSyntaxError(f"unexpected {self.peek()!r}")
-        return m
-
-    def expr_or(self) -> np.ndarray:
-        m = self.expr_and()
-        while self.peek() is not None and self.peek().lower() == "or":
-            self.take()
-            m = m | self.expr_and()
-        return m
-
-    def expr_and(self) -> np.ndarray:
-        m = self.expr_not()
-        while self.peek() is not None and self.peek().lower() in ("and", "but"):
-            op = self.take().lower()
-            rhs = self.expr_not()
-            m = m & (~rhs if op == "but" else rhs)
-        return m
-
-    def expr_not(self) -> np.ndarray:
-        t = self.peek()
-        if t is None:
-            raise _SelectionSyntaxError("selection ends too early")
-        if t.lower() == "not":
-            self.take()
-            return ~self.expr_not()
-        if t == "(":
-            self.take()
-            m = self.expr_or()
-            if self.peek() != ")":
-                raise _SelectionSyntaxError("missing ')'")
-            self.take()
-            return m
-        return self.primary()
-
-    def values(self, what: str) -> list[str]:
-        vals = []
-        while True:
-            t = self.peek()
-            if t is None or t.lower() in _OPERATORS or t == ")":
-                break
-            if t == ",":
-                self.take()
-                continue
-            if t.lower() in _LIST_SELECTORS or t.lower() in _FLAG_SELECTORS:
-                break
-            vals.append(self.take())
-        if not vals:
-            raise _SelectionSyntaxError(f"'{what}' needs at least one value")
-        return vals
-
-    def primary(self) -> np.ndarray:
-        a = self.atoms
-        word = self.take()
-        key = word.lower()
-        if key in _FLAG_SELECTORS:
-            kind = _FLAG_SELECTORS[key]
-            n = len(a)
-            if kind == "all":
-                return np.ones(n, bool)
-            if kind == "none":
-                return np.zeros(n, bool)
-            if kind == "polymer":
-                return a.is_polymer_residue.copy()
-            if kind == "water":
-                return a.is_water.copy()
-            if kind == "hydrogen":
-                return a.is_hydrogen.copy()
-            if kind == "ligand":
-                return ~a.is_polymer_residue & ~a.is_water
-            if kind == "het":
-                return a.is_het.copy()
-        if key not in _LIST_SELECTORS:
-            raise _SelectionSyntaxError(f"unknown word {word!r}")
-        kind = _LIST_SELECTORS[key]
-        vals = self.values(word)
-        if kind == "chain":
-            return np.isin(a.chain, vals)
-        if kind == "resname":
-            return np.isin(a.resname, [v.upper() for v in vals])
-        if kind == "name":
-            return np.isin(a.atom_name, vals) | np.isin(a.atom_name, [v.upper() for v in vals])
-        if kind == "element":
-            up = {v.capitalize() for v in vals}
-            return np.isin(a.element, list(up))
-        # residue number ranges
-        m = np.zeros(len(a), bool)
-        for v in vals:
-            r = _RANGE_RE.match(v)
-            if not r:
-                raise _SelectionSyntaxError(f"bad residue range {v!r} (use e.g. 10-50 or 7)")
-            lo = int(r.group(1))
-            hi = int(r.group(2)) if r.group(2) is not None else lo
-            if hi < lo:
-                lo, hi = hi, lo
-            m |= (a.seqnum >= lo) & (a.seqnum <= hi)
-        return m
-
-
-def _cid_mask(atoms: AtomTable, text: str) -> np.ndarray:
-    import gemmi
-
-    sel = gemmi.Selection(text)
-    st = atoms.structure
-    mask = np.zeros(len(atoms), bool)
-    for model in sel.models(st):
-        for ch in sel.chains(model):
-            for res in sel.residues(ch):
-                for at in sel.atoms(res):
-                    mask[at.serial - 1] = True
-    return mask
-
-
-def select_atoms(atoms: AtomTable, selection: str | None) -> np.ndarray:
-    """Boolean mask of the atoms matched by ``selection`` (None or '' selects all).
-
-    Syntax: ``chain A,B``, ``resname STR``, ``resid 10-50``, ``name CA``, ``element C``,
-    ``protein``, ``ligand``, ``water``, ``hydrogen``, ``hetatm``, ``all``, combined with
-    ``and`` / ``or`` / ``not`` / ``but`` (``X but Y`` = ``X and not Y``) and parentheses;
-    or a gemmi/MMDB CID when the text starts with ``/`` (e.g. ``/1/A/10-50``).
-    """
-    if selection is None or not str(selection).strip():
-        return np.ones(len(atoms), bool)
-    text = str(selection).strip()
-    if text.startswith("/"):
-        try:
-            return _cid_mask(atoms, text)
-        except Exception as e:  # noqa: BLE001  gemmi: RuntimeError on bad syntax
-            raise InputError(f"{atoms.path}: bad selection {text!r} ({e})") from None
-    try:
-        return _Parser(_tokenize(text), atoms).parse()
-    except _SelectionSyntaxError as e:
-        raise InputError(f"{atoms.path}: bad selection {text!r}: {e} ({_SELECTION_HELP})") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -611,15 +217,6 @@ def _resolve_center(center, atoms_all: AtomTable, atoms_sel: AtomTable, px: floa
     return c, "point"
 
 
-def _filter_atoms(atoms: AtomTable, keep_hydrogens: bool, keep_waters: bool) -> AtomTable:
-    m = np.ones(len(atoms), bool)
-    if not keep_hydrogens:
-        m &= ~atoms.is_hydrogen
-    if not keep_waters:
-        m &= ~atoms.is_water
-    return atoms if m.all() else atoms.subset(m)
-
-
 # --------------------------------------------------------------------------------------
 # Caching
 # --------------------------------------------------------------------------------------
@@ -627,6 +224,7 @@ def _filter_atoms(atoms: AtomTable, keep_hydrogens: bool, keep_waters: bool) -> 
 _MEM_CACHE: collections.OrderedDict = collections.OrderedDict()
 _MEM_CACHE_MAX_BYTES = 1 << 30
 _MEM_CACHE_MAX_ITEMS = 32
+_LOCK = threading.RLock()
 
 
 def cache_dir() -> Path | None:
@@ -645,7 +243,7 @@ def clear_cache(disk: bool = False) -> None:
     """Empty the in-memory caches (and the disk cache folder if ``disk``)."""
     with _LOCK:
         _MEM_CACHE.clear()
-        _ATOM_CACHE.clear()
+    clear_atom_cache()
     if disk:
         d = cache_dir()
         if d is not None and d.is_dir():
@@ -795,7 +393,7 @@ def template_from_model(
             raise InputError(f"{path}: center must be 'mass', 'model' or (x, y, z) in Angstrom, got {center!r}") from None
     if not path.exists():
         raise InputError(f"{path}: model file not found")
-    fkey = _file_key(path)
+    fkey = file_key(path)
     key = (
         _CACHE_VERSION,
         fkey,
@@ -894,14 +492,3 @@ def write_template_mrc(path: str | Path, template: Template, overwrite: bool = F
             m.update_header_stats()
     return path
 
-
-def _load_model(path, pixel_size_a=None, **kwargs) -> Template:
-    if pixel_size_a is None:
-        raise InputError(
-            f"{path}: an atomic model needs a pixel size to compute the template on "
-            "(give --pixel-size or pixel_size_a)"
-        )
-    return template_from_model(path, pixel_size_a, **kwargs)
-
-
-register_template_loader(_MODEL_SUFFIXES, _load_model)
