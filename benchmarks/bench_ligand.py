@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
+STRUCTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "structures"
 
 
 def main() -> int:

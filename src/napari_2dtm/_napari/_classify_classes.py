@@ -1,10 +1,9 @@
 """The Classify widget's "Classes" box: the posterior threshold, the counts per class, the
 plot and the export button.
 
-:class:`FeaturePlot` is a matplotlib canvas with the log2 ratios and the fitted
-Gaussians (:func:`napari_2dtm.plots.draw_features`), restyled for napari's dark theme;
-:class:`ClassesBox` holds it with the threshold and the counts (at 50 %, 95 % and the
-threshold shown, in the class colours). The widget connects the threshold and the button.
+:class:`ClassesBox` holds the plot of the log2 ratios and the fitted Gaussians
+(:class:`~napari_2dtm._napari._plot_canvas.FeaturePlot`) with the threshold and the
+counts (at 50 %, 95 % and the threshold shown, in the class colours). The widget connects the threshold and the button.
 """
 
 from __future__ import annotations
@@ -17,50 +16,10 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_2dtm.plots import CLASS_COLORS, draw_features
-
-_TEXT = "#d6d6d6"
-_BACKGROUND = "#262930"  # napari's dark theme
-
-
-class FeaturePlot(QWidget):
-    """A matplotlib canvas showing one classification at a confidence; ``ax`` is the
-    axes last drawn (None before)."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(4.2, 3.0), dpi=100, facecolor=_BACKGROUND)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(230)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
-        self.ax = None
-
-    def show_result(self, res, confidence: float):
-        self.figure.clear()
-        ax = self.figure.add_subplot(111, facecolor=_BACKGROUND)
-        draw_features(ax, res, confidence, text_color=_TEXT)
-        for item in [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(),
-                     *ax.get_yticklabels()]:
-            item.set_color(_TEXT)
-        for sp in ax.spines.values():
-            sp.set_color("#888888")
-        ax.tick_params(colors=_TEXT)
-        leg = ax.get_legend()
-        if leg is not None:
-            leg.get_frame().set_facecolor("#3b3f4a")
-            for text in leg.get_texts():
-                text.set_color("#e8e8e8")
-        self.figure.tight_layout()
-        self.canvas.draw()
-        self.ax = ax
+from napari_2dtm._napari._plot_canvas import FeaturePlot
+from napari_2dtm.plots import CLASS_COLORS
 
 
 def counts_html(res, confidence: float) -> str:

@@ -42,9 +42,19 @@ class LiveNegLogP:
         self._pending = None  # the final snapshot, when it came while a worker ran
         self._last = -np.inf  # perf_counter() of the last start
         self._cost = 0.0  # seconds the last map took
+        self._stopped = False
         self.n_shown = 0
 
+    def stop(self):
+        """Show nothing more: a map still being computed is dropped when it arrives
+        (after a cancel, or while the viewer closes, adding a layer would race napari's
+        own teardown)."""
+        self._stopped = True
+        self._pending = None
+
     def update(self, progress):
+        if self._stopped:
+            return
         if self._busy:
             if progress.done:
                 self._pending = progress
@@ -68,7 +78,7 @@ class LiveNegLogP:
 
     def _returned(self, nlp, px):
         self._cost = time.perf_counter() - self._last
-        if nlp is not None:
+        if nlp is not None and not self._stopped:
             try:
                 self.show(nlp, px)
             except RuntimeError:  # the viewer or widget was closed meanwhile
@@ -77,6 +87,6 @@ class LiveNegLogP:
 
     def _finished(self):
         self._busy = False
-        if self._pending is not None:
+        if self._pending is not None and not self._stopped:
             p, self._pending = self._pending, None
             self._start(p)

@@ -8,7 +8,7 @@ micrograph layer, templates and settings; a :class:`~napari_2dtm._napari._job_pa
 runs the job in a worker thread with progress and cancel (the job reads the results
 folder, the search's template and CTF there); and, in main-thread slots only, the
 widget adds the map as a 3D image layer and docks the FSC plot
-(:class:`~napari_2dtm._napari._fsc_plot.FSCPlot`). The job folder is the CLI's.
+(:class:`~napari_2dtm._napari._plot_canvas.FSCPlot`). The job folder is the CLI's.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_2dtm._napari._fsc_plot import FSCPlot
 from napari_2dtm._napari._job_panel import JobPanel
+from napari_2dtm._napari._plot_canvas import FSCPlot
 from napari_2dtm.errors import InputError
 
 if TYPE_CHECKING:

@@ -291,6 +291,8 @@ class SearchWidget(SearchForm, QWidget):
         review_when_finished(self, hits_layer_name(self._mic_name), result, folder)
 
     def _on_finished(self, outcome: str):
+        if outcome != "done" and self._live_p is not None:
+            self._live_p.stop()
         if outcome == "done":
             self._suggest_output_dir()
         elif outcome == "cancelled":
@@ -298,5 +300,7 @@ class SearchWidget(SearchForm, QWidget):
         self.search_finished.emit(outcome)
 
     def closeEvent(self, event):  # noqa: N802 (Qt name)
+        if self._live_p is not None:
+            self._live_p.stop()
         self.cancel()
         super().closeEvent(event)

@@ -31,6 +31,7 @@ import starfile
 from napari_2dtm.classify.result import CONFIDENCE_LEVELS, ClassificationResult
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_dir, atomic_path
+from napari_2dtm.io.records import json_default
 from napari_2dtm.io.star import hits_to_star, write_hits
 from napari_2dtm.search.results import _versions
 
@@ -41,14 +42,6 @@ __all__ = ["write_classification", "write_classification_files", "read_classific
 MARKER = "classification.json"
 #: The kind of folder, for messages.
 WHAT = "classification folder"
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _write_star(hits: pd.DataFrame, path: Path, micrograph_name, pixel_size_a, ctf) -> None:
@@ -151,7 +144,7 @@ def write_classification_files(
         files["plot"] = "features.png"
     # the marker last: a folder holding it is complete
     (tmp / MARKER).write_text(
-        json.dumps(meta, indent=2, default=_json_default, allow_nan=True) + "\n")
+        json.dumps(meta, indent=2, default=json_default, allow_nan=True) + "\n")
 
 
 def read_classification(out_dir) -> ClassificationResult:

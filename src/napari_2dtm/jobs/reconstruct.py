@@ -43,6 +43,7 @@ from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits
 from napari_2dtm.io.mrc import atomic_dir, read_micrograph, write_mrc
+from napari_2dtm.io.records import json_default, plain
 from napari_2dtm.plots import draw_fsc
 from napari_2dtm.reconstruct.bias import (
     BiasReport,
@@ -477,7 +478,7 @@ def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, f
         "box": box,
         "pixel_size_a": px,
         "template": {"source": t_main.source, "box": t_main.box,
-                     "params": _jsonable(t_main.params)},
+                     "params": plain(t_main.params)},
         "settings": s.to_dict(),
         "map": _rec_summary(rec),
         "micrographs": [m.name for m in mics],
@@ -489,7 +490,7 @@ def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, f
         bias = template_bias(rec.full, omit_rec.full, tf, to, divisor=s.omit_divisor)
         region = difference_mask(tf, to, s.omit_divisor)
         summary["omit_template"] = {"source": t_omit.source,
-                                    "params": _jsonable(t_omit.params)}
+                                    "params": plain(t_omit.params)}
         summary["omit_map"] = _rec_summary(omit_rec)
         summary["bias"] = bias.to_dict()
         summary["omitted_region_density_sigma"] = {
@@ -507,17 +508,5 @@ def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, f
         write_mrc(folder / "omit_region_mask.mrc", region.astype(np.int8), px)
     _fsc_png(folder / "fsc.png", rec, omit_rec)
     # the marker last: a folder holding reconstruct.json is complete
-    (folder / "reconstruct.json").write_text(json.dumps(summary, indent=2, default=_default))
+    (folder / "reconstruct.json").write_text(json.dumps(summary, indent=2, default=json_default))
     return JobResult(folder, rec, particles[""], omit_rec, bias, summary)
-
-
-def _default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def _jsonable(d):
-    return json.loads(json.dumps(d, default=_default))

@@ -32,6 +32,7 @@ import numpy as np
 
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_path
+from napari_2dtm.io.records import json_default
 
 __all__ = ["SearchPartial", "save_partial", "load_partial", "merge_partials", "shard_ranges",
            "array_digest", "checkpoint_path_for"]
@@ -136,7 +137,7 @@ def save_partial(p: SearchPartial, path) -> Path:
     state = {"format": FORMAT, "version": VERSION, "done": [[int(v) for v in r] for r in p.done],
              "n_cc": int(p.n_cc), "identity": p.identity, "info": p.info}
     arrays = {"mip": p.mip, "best": p.best, "s1": p.s1, "s2": p.s2,
-              "state_json": np.frombuffer(json.dumps(state, default=_json_default).encode(), np.uint8)}
+              "state_json": np.frombuffer(json.dumps(state, default=json_default).encode(), np.uint8)}
     if p.template_volume is not None:
         arrays["template_volume"] = p.template_volume
     if p.orientations is not None:
@@ -255,9 +256,3 @@ def _order_key(g, n_or, n_df):
     return ((rest // n_df) * n_or + o) * n_df + rest % n_df
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

@@ -35,6 +35,7 @@ import pandas as pd
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_dir, read_micrograph, read_mrc, write_mrc
+from napari_2dtm.io.records import json_default
 from napari_2dtm.io.star import write_hits
 
 __all__ = ["ResultsFolder", "TemplateInfo", "write_results", "read_results", "MARKER",
@@ -260,14 +261,6 @@ def _versions() -> dict:
     return out
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def results_dir_problem(out_dir, overwrite: bool = False) -> str | None:
     """Why ``out_dir`` cannot receive a results folder (None: it can). The same rules as
     :func:`~napari_2dtm.io.mrc.atomic_dir` applies when writing, checked before a search
@@ -321,5 +314,5 @@ def write_results(result, out_dir, overwrite: bool = False, micrograph_path=None
         meta["micrograph"] = recorded
         meta["versions"] = _versions()
         meta["n_hits"] = len(hits)
-        (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=_json_default))
+        (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=json_default))
     return out_dir
