@@ -22,6 +22,7 @@ import pandas as pd
 
 from napari_2dtm.classify.templates import TemplateSet
 from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.search.results import ResultsFolder
 
 __all__ = ["score_hits", "score_hits_iter"]
 
@@ -68,7 +69,7 @@ def score_hits_iter(
     )
     if result is not None and high_res_limit_a is None:
         # the search's resolution limit gives the search's pixel size and whitening
-        high_res_limit_a = result.metadata.get("config", {}).get("high_res_limit_a")
+        high_res_limit_a = ResultsFolder.of(result).high_res_limit_a
     scorer = LocalScorer(image, pixel_size_a, ctf, high_res_limit_a=high_res_limit_a)
     n, k = len(hits), len(templates)
     total = n * k

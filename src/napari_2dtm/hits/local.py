@@ -28,6 +28,7 @@ from napari_2dtm.core.filters import prepare_image
 from napari_2dtm.core.geometry import euler_to_matrix, local_grid
 from napari_2dtm.core.projection import FourierVolume, extract_slices, subtract_edge_mean
 from napari_2dtm.errors import InputError
+from napari_2dtm.search.results import ResultsFolder
 from napari_2dtm.templates.load import load_template
 from napari_2dtm.templates.template import Template
 
@@ -219,7 +220,7 @@ def local_search(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: 
 
     if scorer is None:
         if result is not None and high_res_limit_a is None:
-            high_res_limit_a = result.metadata.get("config", {}).get("high_res_limit_a")
+            high_res_limit_a = ResultsFolder.of(result).high_res_limit_a
         scorer = LocalScorer(image, pixel_size_a, ctf, high_res_limit_a)
     missing = [c for c in ("x", "y", "phi", "theta", "psi") if c not in hits.columns]
     if missing:
@@ -229,7 +230,7 @@ def local_search(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: 
     gsig = None
     maps = None
     if result is not None:
-        gsig = float(result.metadata.get("cc_global_std") or 1.0)
+        gsig = ResultsFolder.of(result).cc_global_std
         maps = result.maps
     n = len(out)
     cols = {k: np.empty(n) for k in ("x", "y", "phi", "theta", "psi", "defocus_a", "cc",

@@ -34,6 +34,7 @@ import pandas as pd
 
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.search.results import ResultsFolder
 
 from .local import LocalScorer, local_search
 
@@ -125,7 +126,7 @@ def refine_hits(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: C
     if not stages:
         raise InputError("no refinement stages given")
     if result is not None and high_res_limit_a is None:
-        high_res_limit_a = result.metadata.get("config", {}).get("high_res_limit_a")
+        high_res_limit_a = ResultsFolder.of(result).high_res_limit_a
     scorer = LocalScorer(image, pixel_size_a, ctf, high_res_limit_a)
     cur = hits.copy().reset_index(drop=True)
     start = cur[["x", "y", "phi", "theta", "psi"]].to_numpy(np.float64).copy()

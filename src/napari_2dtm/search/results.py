@@ -147,7 +147,7 @@ class ResultsFolder:
     def config(self):
         """The :class:`~napari_2dtm.search.engine.SearchConfig` of the search (an explicit
         orientation list is not stored: ``orientations`` is None then)."""
-        from .engine import SearchConfig  # noqa: PLC0415
+        from .config import SearchConfig  # noqa: PLC0415
 
         return SearchConfig.from_dict(self.metadata.get("config") or {})
 
@@ -159,6 +159,12 @@ class ResultsFolder:
     @property
     def high_res_limit_a(self) -> float | None:
         return (self.metadata.get("config") or {}).get("high_res_limit_a")
+
+    @property
+    def cc_global_std(self) -> float:
+        """The standard deviation of all cross-correlation values of the search (1 when
+        nothing is recorded): local scores divide by it to be on the search's SNR scale."""
+        return float(self.metadata.get("cc_global_std") or 1.0)
 
     @property
     def peak_radius_px(self) -> float:
