@@ -15,19 +15,20 @@ def draw_fsc(ax, rec, omit=None) -> None:
     rec, omit: :class:`~napari_2dtm.reconstruct.reconstructor.Reconstruction` (omit may
     be None). The title says the FSC is not gold-standard (poses from the template).
     """
-    from napari_2dtm.reconstruct.fsc import FSC_THRESHOLD  # noqa: PLC0415
+    from napari_2dtm.reconstruct.fsc import FSC_THRESHOLD, resolution_text  # noqa: PLC0415
 
     t = rec.fsc
     ax.plot(t["frequency_inv_a"], t["fsc_unmasked"], color="#1f77b4",
-            label=f"unmasked ({rec.resolution_a:.1f} Å)")
+            label=f"unmasked ({resolution_text(rec.resolution_a, 1)})")
     if rec.resolution_masked_a is not None:
         ax.plot(t["frequency_inv_a"], t["fsc_masked"], color="#d62728",
-                label=f"masked ({rec.resolution_masked_a:.1f} Å)")
+                label=f"masked ({resolution_text(rec.resolution_masked_a, 1)})")
     if omit is not None:
         o = omit.fsc
         res = omit.resolution_masked_a or omit.resolution_a
         ax.plot(o["frequency_inv_a"], o["fsc_masked"] if omit.resolution_masked_a else
-                o["fsc_unmasked"], "--", color="#2ca02c", label=f"omit-template map ({res:.1f} Å)")
+                o["fsc_unmasked"], "--", color="#2ca02c",
+                label=f"omit-template map ({resolution_text(res, 1)})")
     ax.axhline(FSC_THRESHOLD, color="gray", lw=0.8, ls=":")
     ax.set_ylim(-0.1, 1.05)
     ax.set_xlim(0, float(t["frequency_inv_a"].iloc[-1]))

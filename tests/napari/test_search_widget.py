@@ -185,3 +185,28 @@ def test_ctffind_file_fills_the_ctf_fields(viewer, tmp_path, demo_sample):
     assert "diag.txt" in widget.ctf_source.text()
     config = widget.search_config()
     assert config.ctf.voltage_kv == pytest.approx(200.0)
+
+
+def test_bad_value_is_refused_by_the_config_before_any_job(viewer, qtbot, tmp_path, demo_sample,
+                                                          monkeypatch):
+    """The widget builds the same SearchConfig as the CLI: its refusal, word for word, is
+    the status line, and no job starts (issue 16: one place for validation)."""
+    from napari_2dtm.errors import InputError
+    from napari_2dtm.search.config import SearchConfig
+
+    _add_layers(viewer, demo_sample)
+    widget = _dock(viewer)
+    started = []
+    monkeypatch.setattr(widget.panel, "start", lambda *a, **k: started.append(a))
+    widget.output_dir.setText(str(tmp_path / "results"))
+    widget.defocus_range.setValue(20000)  # +-20000 A in 1 A steps: 40001 planes
+    widget.defocus_step.setValue(1)
+    with pytest.raises(InputError) as expected:
+        SearchConfig(defocus_range_a=20000, defocus_step_a=1)
+    with qtbot.waitSignal(widget.search_finished, timeout=5_000) as finished:
+        widget.run()
+    assert finished.args == ["error"]
+    assert widget.status.text() == f"Cannot start: {expected.value}"
+    assert "--defocus-range" in widget.status.text()
+    assert started == [] and not widget.running
+    assert not (tmp_path / "results").exists()

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from napari_2dtm._napari._job_panel import JobPanel
 from napari_2dtm._napari._plot_canvas import FSCPlot
 from napari_2dtm.errors import InputError
+from napari_2dtm.reconstruct.fsc import resolution_text
 
 if TYPE_CHECKING:
     import napari
@@ -328,8 +329,10 @@ class ReconstructWidget(QWidget):
         self._show_result(job)
         s = job.summary
         m = s["map"]
-        text = (f"{s['n_particles']} particles; FSC 0.143: {m['resolution_a']:.1f} Å unmasked"
-                + (f", {m['resolution_masked_a']:.1f} Å masked" if m["resolution_masked_a"] else "")
+        text = (f"{s['n_particles']} particles; FSC 0.143: "
+                f"{resolution_text(m['resolution_a'], 1)} unmasked"
+                + (f", {resolution_text(m['resolution_masked_a'], 1)} masked"
+                   if m["resolution_masked_a"] else "")
                 + " (not gold-standard: poses from the template)")
         if job.bias is not None:
             text += f"; template bias Ω = {job.bias.omega:.2f}"

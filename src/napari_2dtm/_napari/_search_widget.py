@@ -197,6 +197,10 @@ class SearchWidget(SearchForm, QWidget):
         try:
             image, px, template, mic_path = self._inputs()
             config = self.search_config()
+            # what needs the micrograph (Nyquist, pixel-size planes, the template box) is
+            # refused here too, before a job starts
+            box = getattr(template, "box", None)
+            config.check_against(px, box * template.pixel_size_a if box else None)
             out = self.panel.out_dir()
         except Exception as e:
             self.panel.refuse(e)

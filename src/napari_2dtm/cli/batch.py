@@ -27,7 +27,7 @@ def run(args) -> int:
     ctf_star = args.ctf_star
     cfg, px_ctf = config_from_args(args)
     source = CTFSource(ctffind_dir=args.ctffind_dir, star=ctf_star, default=cfg.ctf,
-                       default_pixel_size_a=px_ctf)
+                       default_pixel_size_a=px_ctf, default_source=args.ctffind)
     if not inputs and ctf_star is not None:
         # the micrographs of the STAR file, paths relative to the current (project) folder
         inputs = source.star_micrographs
@@ -37,13 +37,11 @@ def run(args) -> int:
         return 2
     where = (f"scheduler {args.scheduler}" if args.scheduler else
              f"a local dask cluster of {args.workers} worker(s)" if args.workers else "this process")
+    # on stdout: a refusal (a bad value, an unreachable scheduler) is then the one line
+    # on stderr
     print(f"{len(mics)} micrographs -> {args.out} on {where}"
-          + (f", {args.shards} orientation shards each" if args.shards > 1 else ""), file=sys.stderr)
+          + (f", {args.shards} orientation shards each" if args.shards > 1 else ""), flush=True)
     tpl = args.template
-    if args.template_pixel_size is not None:
-        from napari_2dtm.templates.load import load_template  # noqa: PLC0415
-
-        tpl = load_template(tpl, pixel_size_a=args.template_pixel_size)
     cancel = threading.Event()
     try:
         with cancel_on_signals(cancel):

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from napari_2dtm.classify.folder import MARKER, WHAT
 from napari_2dtm.core.ctf import CTFParams, read_ctffind
 from napari_2dtm.errors import InputError
-from napari_2dtm.io.mrc import read_micrograph
+from napari_2dtm.io.mrc import check_output, output_lock, read_micrograph
 from napari_2dtm.jobs.classify import ClassifyInput, run_classify
 
 
 def _inputs(args) -> list[ClassifyInput]:
     """One input per micrograph (a results folder's CTF unless one is given)."""
-    from napari_2dtm.io.star import read_hits  # noqa: PLC0415
+    from napari_2dtm.io.star import HIT_POSE_COLUMNS, read_hits  # noqa: PLC0415
     from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
 
     jobs = []
@@ -34,7 +35,8 @@ def _inputs(args) -> list[ClassifyInput]:
             rf = ResultsFolder.open(folder)
             if args.micrograph:
                 mic = Path(args.micrograph)
-                image, px = read_micrograph(mic, args.pixel_size or rf.input_pixel_size_a)
+                image, px = read_micrograph(mic, rf.input_pixel_size_a if args.pixel_size is None
+                                            else args.pixel_size)
             else:
                 image, px = rf.read_micrograph(args.pixel_size)
                 mic = rf.micrograph_path()
@@ -43,11 +45,12 @@ def _inputs(args) -> list[ClassifyInput]:
     else:
         if args.micrograph is None or args.hits is None:
             raise InputError("give one or more results folders, or --micrograph and --hits")
-        image, px = read_micrograph(args.micrograph, args.pixel_size or _ctffind_px(args))
+        image, px = read_micrograph(args.micrograph, _ctffind_px(args) if args.pixel_size is None
+                                    else args.pixel_size)
         hits_path = Path(args.hits)
         if not hits_path.is_file():
             raise InputError(f"{hits_path}: hits file not found")
-        jobs.append(ClassifyInput(image, px, read_hits(hits_path), _ctf(args),
+        jobs.append(ClassifyInput(image, px, read_hits(hits_path, HIT_POSE_COLUMNS), _ctf(args),
                                   name=Path(args.micrograph).name, source=str(hits_path)))
     for j in jobs:
         h = pd.DataFrame(j.hits)
@@ -115,6 +118,15 @@ def _printer(template_warnings: list):
 def run(args) -> int:
     if len(args.template) < 2:
         raise InputError("give two or more --template (one per state)")
+    # Before any input is read: never replace a folder the project did not write, or one
+    # holding an input; the lock (held to the end) refuses a second run on this --out.
+    check_output(args.out, overwrite=args.overwrite, marker=MARKER, what=WHAT,
+                 inputs=[*args.results, args.micrograph, args.hits, args.ctffind, *args.template])
+    with output_lock(args.out):
+        return _run_locked(args)
+
+
+def _run_locked(args) -> int:
     template_warnings = []
     res, folder = run_classify(
         _inputs(args), args.template, Path(args.out), names=args.name or None,

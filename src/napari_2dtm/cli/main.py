@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from napari_2dtm.errors import GPUUnavailableError, InputError
+from napari_2dtm.errors import GPUUnavailableError, InputError, one_line
 
 # Each module defines ``register(subparsers)`` adding one sub-command whose
 # ``func(args) -> int`` is set with ``parser.set_defaults(func=...)``.
@@ -39,18 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    command = None
     try:
+        # Ctrl-C can come while the sub-commands' modules are still being imported (the
+        # first seconds): one line and 130 then too, not a traceback from an import.
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except (InputError, GPUUnavailableError) as e:
-        print(f"napari-2dtm {args.command}: error: {e}", file=sys.stderr)
+        print(f"napari-2dtm {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"napari-2dtm {args.command}: interrupted", file=sys.stderr)
+        print(f"napari-2dtm{f' {command}' if command else ''}: interrupted", file=sys.stderr)
         return 130
 
 

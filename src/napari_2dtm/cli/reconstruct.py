@@ -48,6 +48,10 @@ def register(sub) -> None:
                      help="micrograph pixel size in A (default: from the MRC header)")
     src.add_argument("--template", "-t", type=Path, default=None,
                      help="template map/model the hits belong to (default: the search's)")
+    src.add_argument("--template-pixel-size", type=float, default=None, metavar="A",
+                     help="voxel size of --template / --omit-template in A: overrides a map's "
+                          "header (default: the header); a template at another pixel size "
+                          "than the micrographs' is resampled to it in Fourier space")
     src.add_argument("--omit-template", type=Path, default=None, metavar="PATH",
                      help="the template with a region removed (e.g. the model without its "
                           "ligand, same grid): bias check by Omega")
@@ -102,17 +106,35 @@ def _templates(args, first):
             kw["selection"] = args.selection
         if args.omit_selection:
             kw["center"] = "model"  # both templates on one grid, one origin
-        template = load_template(args.template, pixel_size_a=px, **kw)
+        template = load_template(args.template, pixel_size_a=px,
+                                 template_pixel_size_a=args.template_pixel_size, **kw)
     omit = None
     if args.omit_template is not None:
-        omit = args.omit_template
+        omit = load_template(args.omit_template, pixel_size_a=px,
+                             template_pixel_size_a=args.template_pixel_size)
     elif args.omit_selection:
         omit = load_template(args.template, pixel_size_a=px, selection=args.omit_selection,
-                             center="model")
+                             center="model", template_pixel_size_a=args.template_pixel_size)
     return template, omit
 
 
 def run(args) -> int:
+    from napari_2dtm.io.mrc import check_output, output_lock
+
+    t0 = time.perf_counter()
+    if bool(args.results) == bool(args.hits):
+        raise InputError("give either --results DIR [DIR ...] or --hits STAR")
+    # Before any input is read: never replace a folder the project did not write, or one
+    # holding an input; the lock (held to the end) refuses a second run on this --out.
+    check_output(args.out, overwrite=args.overwrite, marker="reconstruct.json",
+                 what="reconstruction folder",
+                 inputs=[*args.results, args.hits, *(args.micrograph or []), args.template,
+                         args.omit_template])
+    with output_lock(args.out):
+        return _run_locked(args, t0)
+
+
+def _run_locked(args, t0: float) -> int:
     from napari_2dtm.jobs.reconstruct import (
         JobSettings,
         micrograph_from_results,
@@ -120,9 +142,6 @@ def run(args) -> int:
         run_reconstruct,
     )
 
-    t0 = time.perf_counter()
-    if bool(args.results) == bool(args.hits):
-        raise InputError("give either --results DIR [DIR ...] or --hits STAR")
     if args.results:
         mics_given = args.micrograph or [None] * len(args.results)
         if len(mics_given) != len(args.results):
@@ -157,8 +176,11 @@ def run(args) -> int:
     m = s["map"]
     print(f"particles: {s['n_particles']} ({s['n_dropped_at_edges']} dropped at the edges), "
           f"box {s['box']} px at {s['pixel_size_a']:g} A")
-    masked = (f", masked {m['resolution_masked_a']:.2f} A" if m["resolution_masked_a"] else "")
-    print(f"resolution at FSC 0.143: unmasked {m['resolution_a']:.2f} A{masked}")
+    from napari_2dtm.reconstruct.fsc import resolution_text  # noqa: PLC0415
+
+    masked = (f", masked {resolution_text(m['resolution_masked_a'])}"
+              if m["resolution_masked_a"] else "")
+    print(f"resolution at FSC 0.143: unmasked {resolution_text(m['resolution_a'])}{masked}")
     if res.bias is not None:
         b = res.bias
         dens = s["omitted_region_density_sigma"]

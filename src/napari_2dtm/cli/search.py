@@ -12,7 +12,8 @@ from pathlib import Path
 
 from napari_2dtm.core.ctf import CTFParams, read_ctffind
 from napari_2dtm.errors import Cancelled, InputError
-from napari_2dtm.io.mrc import read_micrograph
+from napari_2dtm.io.micrographs import read_micrograph_with_ctf
+from napari_2dtm.io.mrc import check_output, output_lock
 from napari_2dtm.jobs.search import HITS_METRICS, SearchStarted, run_search
 from napari_2dtm.search.checkpoint import checkpoint_path_for, read_state
 from napari_2dtm.search.config import SearchConfig
@@ -25,7 +26,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--template", "-t", required=True,
                    help="3D map (.mrc/.map) or atomic model (.pdb/.cif[.gz]) to search for")
     g.add_argument("--template-pixel-size", type=float, default=None, metavar="A",
-                   help="template voxel size in Angstrom (default: from the MRC header)")
+                   help="template voxel size in Angstrom: overrides a map's header; the grid a "
+                        "model is computed on (default: map header, model at the micrograph "
+                        "pixel size); a template at another pixel size than the micrograph's "
+                        "is resampled to it in Fourier space")
     g.add_argument("--bfactor", type=float, default=None, metavar="A2",
                    help="B-factor (A^2) added to all atoms when the template is a model")
     c = p.add_argument_group("CTF (cisTEM/RELION convention; positive defocus = underfocus)")
@@ -96,6 +100,8 @@ def template_kwargs(args) -> dict:
     kw = {}
     if args.bfactor is not None:
         kw["bfactor_a2"] = args.bfactor
+    if args.template_pixel_size is not None:
+        kw["template_pixel_size_a"] = args.template_pixel_size
     return kw
 
 
@@ -131,21 +137,27 @@ def run(args) -> int:
     problem = results_dir_problem(out, args.overwrite)
     if problem:
         raise InputError(problem)
+    check_output(out, overwrite=True, inputs=(args.micrograph, args.template, args.ctffind))
+    # Held until the folder is written: a second search on this --out (which would share
+    # the checkpoint and replace this folder) is refused in one line.
+    with output_lock(out):
+        return _run_locked(args, out)
+
+
+def _run_locked(args, out: Path) -> int:
     ckpt = checkpoint_path_for(out)
-    if ckpt.exists() and not args.resume:
-        if not args.overwrite:
-            raise InputError(f"{ckpt}: an interrupted search left this checkpoint; add --resume "
-                             "to continue it, or --overwrite to start over")
-        ckpt.unlink()
+    # Discarded by the job once the inputs are read and checked, not here.
+    restart = ckpt.exists() and not args.resume
+    if restart and not args.overwrite:
+        raise InputError(f"{ckpt}: an interrupted search left this checkpoint; add --resume "
+                         "to continue it, or --overwrite to start over")
     if args.resume and not ckpt.exists():
         print(f"no checkpoint {ckpt}: starting from the beginning", file=sys.stderr)
     cfg, px_ctf = config_from_args(args)
-    image, px = read_micrograph(args.micrograph, args.pixel_size or px_ctf)
+    # an explicit --pixel-size, even 0, is checked (refused), never skipped for the header;
+    # a CTFFIND pixel size that disagrees with the header is refused (io/micrographs.py)
+    image, px = read_micrograph_with_ctf(args.micrograph, args.pixel_size, px_ctf, args.ctffind)
     tpl = args.template
-    if args.template_pixel_size is not None:
-        from napari_2dtm.templates.load import load_template  # noqa: PLC0415
-
-        tpl = load_template(tpl, pixel_size_a=args.template_pixel_size)
     use_ckpt = args.checkpoint_interval > 0 or (args.resume and ckpt.exists())
     tty = sys.stderr.isatty()
 
@@ -167,12 +179,15 @@ def run(args) -> int:
             res, _ = run_search(image, px, tpl, cfg, out, micrograph_path=args.micrograph,
                                 overwrite=args.overwrite, metric=args.metric,
                                 threshold=args.threshold, checkpoint=ckpt if use_ckpt else None,
+                                restart=restart,
                                 template_kwargs=template_kwargs(args), progress=progress,
                                 cancel=cancel)
     except Cancelled:
         where = f"; progress saved in {ckpt}, continue with --resume" if use_ckpt else ""
         print(f"\nsearch interrupted{where}", file=sys.stderr)
         return 130
+    if restart and not use_ckpt:  # started over without checkpoints: the old one is stale
+        ckpt.unlink(missing_ok=True)
     view = ResultsFolder.of(res)
     print(f"{len(res.hits)} hits with {view.hits_metric} >= {view.hits_threshold:.2f}; "
           f"results in {out}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -11,9 +12,28 @@ from napari_2dtm.errors import InputError
 from napari_2dtm.simulate import simulate_micrograph, write_simulation
 from napari_2dtm.templates.model import DEFAULT_BFACTOR_A2
 
+#: largest micrograph simulated (pixels): 16384^2, 1 GiB per float32 copy; a larger
+#: --shape is a typo that would end in a MemoryError after minutes
+MAX_PIXELS = 16384 * 16384
+
+
+def _check_values(args) -> None:
+    """Refuse before any work what would fail late or allocate without bound."""
+    ny, nx = args.shape
+    if min(ny, nx) < 16:
+        raise InputError(f"--shape {ny} {nx}: each side must be >= 16 pixels")
+    if ny * nx > MAX_PIXELS:
+        raise InputError(f"--shape {ny} {nx}: {ny * nx} pixels is more than the limit "
+                         f"{MAX_PIXELS} (16384 x 16384)")
+    if not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
+        raise InputError(f"--pixel-size must be > 0 Angstrom, got {args.pixel_size}")
+    if args.n_particles < 0:
+        raise InputError(f"--n-particles must be >= 0, got {args.n_particles}")
+
 
 def run(args) -> int:
     out = Path(args.out)
+    _check_values(args)
     ctf = CTFParams(
         defocus1_a=args.defocus,
         defocus2_a=args.defocus2,
@@ -88,7 +108,7 @@ def register(sub) -> None:
                    help="micrograph size in pixels, rows then columns (default: 512 512)")
     p.add_argument("--pixel-size", type=float, default=1.0, metavar="A", help="pixel size in Angstrom (default: 1.0)")
     c = p.add_argument_group("CTF (positive defocus = underfocus)")
-    c.add_argument("--defocus", type=float, default=10000.0, metavar="A", help="defocus in Angstrom, underfocus positive (default: 10000)")
+    c.add_argument("--defocus", "--defocus1", type=float, default=10000.0, metavar="A", help="defocus in Angstrom, underfocus positive (default: 10000)")
     c.add_argument("--defocus2", type=float, default=None, metavar="A",
                    help="second defocus in Angstrom for astigmatism (default: = --defocus)")
     c.add_argument("--astigmatism-angle", type=float, default=0.0, metavar="DEG",

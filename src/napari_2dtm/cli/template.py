@@ -9,9 +9,16 @@ from pathlib import Path
 from napari_2dtm.errors import InputError
 from napari_2dtm.templates.model import DEFAULT_BFACTOR_A2, template_from_model, write_template_mrc
 
+#: largest template box (voxels per side): 1024^3 float32 is 4 GiB; a larger --box is a
+#: typo that would end in a MemoryError
+MAX_BOX = 1024
+
 
 def run(args) -> int:
     out = Path(args.out)
+    if args.box is not None and args.box > MAX_BOX:
+        raise InputError(f"{args.model}: --box {args.box} is larger than {MAX_BOX} voxels per "
+                         "side (the limit, 4 GiB as float32)")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out}: exists; refusing to overwrite (use --overwrite)")
     center = tuple(args.origin) if args.origin is not None else args.center

@@ -27,6 +27,13 @@ def wavelength_a(voltage_kv: float) -> float:
     return 12.2643247 / math.sqrt(v * (1.0 + 0.978466e-6 * v))
 
 
+#: CTF field -> the command-line option a user knows it by (named in every refusal)
+CTF_OPTIONS = {"defocus1_a": "--defocus1", "defocus2_a": "--defocus2",
+               "astigmatism_angle_deg": "--astigmatism-angle", "voltage_kv": "--voltage",
+               "cs_mm": "--cs", "amplitude_contrast": "--amplitude-contrast",
+               "phase_shift_deg": "--phase-shift", "bfactor_a2": "--bfactor"}
+
+
 @dataclasses.dataclass(frozen=True)
 class CTFParams:
     """CTF of one micrograph. Lengths in Angstrom, angles in degrees."""
@@ -43,10 +50,22 @@ class CTFParams:
     def __post_init__(self):
         if self.defocus2_a is None:
             object.__setattr__(self, "defocus2_a", self.defocus1_a)
+        # A NaN or infinite value would give a NaN CTF, hence NaN maps and no hits: refuse
+        # it here, where every door (options, CTFFIND, STAR, widgets) builds its CTF.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            label = f"{f.name} ({CTF_OPTIONS[f.name]})" if f.name in CTF_OPTIONS else f.name
+            try:
+                ok = math.isfinite(float(v))
+            except (TypeError, ValueError):
+                raise InputError(f"CTF {label} must be a number, got {v!r}") from None
+            if not ok:
+                raise InputError(f"CTF {label} must be a finite number, got {v!r}")
         if self.voltage_kv <= 0:
-            raise InputError(f"CTF voltage must be > 0 kV, got {self.voltage_kv}")
+            raise InputError(f"CTF voltage_kv (--voltage) must be > 0 kV, got {self.voltage_kv}")
         if not 0 <= self.amplitude_contrast < 1:
-            raise InputError(f"amplitude contrast must be in [0, 1), got {self.amplitude_contrast}")
+            raise InputError("CTF amplitude_contrast (--amplitude-contrast) must be in [0, 1), "
+                             f"got {self.amplitude_contrast}")
 
     @property
     def defocus_mean_a(self) -> float:
@@ -138,13 +157,20 @@ def read_ctffind(path: str | Path, micrograph_index: int = 0) -> tuple[CTFParams
     if micrograph_index >= len(rows):
         raise InputError(f"{path}: has {len(rows)} result lines, asked for #{micrograph_index + 1}")
     r = rows[micrograph_index]
-    params = CTFParams(
-        defocus1_a=r[1],
-        defocus2_a=r[2],
-        astigmatism_angle_deg=r[3],
-        phase_shift_deg=math.degrees(r[4]),
-        voltage_kv=header.get("voltage_kv", 300.0),
-        cs_mm=header.get("cs_mm", 2.7),
-        amplitude_contrast=header.get("amplitude_contrast", 0.07),
-    )
-    return params, header.get("pixel_size_a")
+    try:
+        params = CTFParams(
+            defocus1_a=r[1],
+            defocus2_a=r[2],
+            astigmatism_angle_deg=r[3],
+            phase_shift_deg=math.degrees(r[4]),
+            voltage_kv=header.get("voltage_kv", 300.0),
+            cs_mm=header.get("cs_mm", 2.7),
+            amplitude_contrast=header.get("amplitude_contrast", 0.07),
+        )
+    except InputError as e:  # e.g. a "nan" defocus: name the file, not an option
+        raise InputError(f"{path}: result line {micrograph_index + 1}: {e}") from None
+    px = header.get("pixel_size_a")
+    if px is not None and not (math.isfinite(px) and px > 0):
+        # CTFFIND fitted the defoci at this pixel size: a zero makes the whole file suspect.
+        raise InputError(f"{path}: CTFFIND pixel size must be > 0 Angstrom, got {px:g}")
+    return params, px

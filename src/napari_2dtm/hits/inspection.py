@@ -175,4 +175,7 @@ def template_for_result(result) -> Template:
                 kwargs[key] = params[key]
         center = params.get("center")
         kwargs["center"] = center if isinstance(center, str) else params.get("center_a", "mass")
+    elif params.get("map_pixel_size_a"):
+        # the map's voxel size the search used (the header's or the user's override)
+        kwargs["template_pixel_size_a"] = float(params["map_pixel_size_a"])
     return load_template(source, pixel_size_a=px, **kwargs)

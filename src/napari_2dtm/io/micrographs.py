@@ -5,6 +5,14 @@ lists) into micrograph paths whose names are unique (each names a results folder
 :func:`micrograph_name`). :class:`CTFSource` gives each micrograph its CTF: a CTFFIND
 output matched by name, a row of a RELION ``micrographs_ctf.star`` (through the optics
 <-> CTF mapping of :mod:`napari_2dtm.io.star`), or one CTF for all.
+
+Pixel size, one rule (:func:`read_micrograph_with_ctf`, used by ``search`` and ``batch``):
+the user's ``--pixel-size`` wins; else the micrograph header's. A CTF file (CTFFIND
+output, STAR optics) that states another pixel size (more than
+:data:`PIXEL_SIZE_RTOL` apart) is refused in one line naming both files and both values,
+since the defoci were fitted at the CTF file's pixel size and one of the two is wrong;
+``--pixel-size`` settles it. A CTF file's pixel size is used only when the header has
+none.
 """
 
 from __future__ import annotations
@@ -18,11 +26,34 @@ import pandas as pd
 
 from napari_2dtm.core.ctf import CTFParams, read_ctffind
 from napari_2dtm.errors import InputError
+from napari_2dtm.io.mrc import read_micrograph
 from napari_2dtm.io.star import ctf_from_star, join_optics, pixel_size_from_star, read_star
 
-__all__ = ["find_micrographs", "micrograph_name", "CTFSource", "MICROGRAPH_SUFFIXES"]
+__all__ = ["find_micrographs", "micrograph_name", "CTFSource", "MICROGRAPH_SUFFIXES",
+           "read_micrograph_with_ctf", "PIXEL_SIZE_RTOL"]
 
 MICROGRAPH_SUFFIXES = (".mrc", ".mrcs", ".MRC", ".MRCS")
+#: Relative difference between a CTF file's and the header's pixel size that is refused.
+PIXEL_SIZE_RTOL = 0.01
+
+
+def read_micrograph_with_ctf(path, pixel_size_a: float | None = None,
+                             ctf_pixel_size_a: float | None = None, ctf_file=None):
+    """``(image, pixel_size_a)`` of a micrograph by the module's pixel-size rule:
+    ``pixel_size_a`` (the user's) wins, else the header's, which must agree with
+    ``ctf_pixel_size_a`` (stated in ``ctf_file``) within :data:`PIXEL_SIZE_RTOL`."""
+    if pixel_size_a is not None or ctf_pixel_size_a is None:
+        return read_micrograph(path, pixel_size_a)
+    try:
+        image, header_px = read_micrograph(path)
+    except InputError:
+        # No header pixel size (or no file: then this says so): the CTF file's.
+        return read_micrograph(path, ctf_pixel_size_a)
+    if abs(ctf_pixel_size_a - header_px) > PIXEL_SIZE_RTOL * header_px:
+        raise InputError(f"{path}: pixel size {header_px:g} A in its header but "
+                         f"{ctf_pixel_size_a:g} A in {ctf_file or 'the CTF file'}; give "
+                         "--pixel-size to say which is right")
+    return image, header_px
 
 
 def find_micrographs(inputs: Iterable) -> list[Path]:
@@ -89,11 +120,12 @@ class CTFSource:
     star: RELION STAR file (``micrographs_ctf.star``) with ``rlnMicrographName``,
     ``rlnDefocusU``, ``rlnDefocusV``, ``rlnDefocusAngle`` (and optionally
     ``rlnPhaseShift``; voltage, Cs, amplitude contrast and pixel size from the optics
-    block), matched by file name. default: the CTF used when neither is given.
+    block), matched by file name. default: the CTF used when neither is given, with
+    default_pixel_size_a read from the file default_source (e.g. ``--ctffind``).
     """
 
     def __init__(self, ctffind_dir=None, star=None, default: CTFParams | None = None,
-                 default_pixel_size_a: float | None = None):
+                 default_pixel_size_a: float | None = None, default_source=None):
         if ctffind_dir is not None and star is not None:
             raise InputError("give CTFFIND files or a STAR file for the CTF, not both")
         self.ctffind_dir = Path(ctffind_dir) if ctffind_dir is not None else None
@@ -101,6 +133,7 @@ class CTFSource:
             raise InputError(f"{self.ctffind_dir}: CTFFIND folder not found")
         self.default = default or CTFParams()
         self.default_pixel_size_a = default_pixel_size_a
+        self.default_source = default_source
         self.star = Path(star) if star is not None else None
         self._table = _read_ctf_star(self.star) if self.star is not None else None
 
@@ -116,6 +149,14 @@ class CTFSource:
         if self._table is not None:
             return self._from_star(path)
         return self.default, self.default_pixel_size_a
+
+    def source_file(self, path) -> str | None:
+        """The file the CTF (and its pixel size) of micrograph ``path`` comes from."""
+        if self.ctffind_dir is not None:
+            return str(self._match_ctffind(Path(path)))
+        if self.star is not None:
+            return str(self.star)
+        return None if self.default_source is None else str(self.default_source)
 
     def _match_ctffind(self, path: Path) -> Path:
         stem = micrograph_name(path)
@@ -142,7 +183,8 @@ class CTFSource:
             raise InputError(f"{path}: not listed in {self.star} (rlnMicrographName)")
         r = hit.iloc[0]
         # a micrograph row without a defocus has none (0), not the CTFParams default
-        return ctf_from_star(r, CTFParams(defocus1_a=0.0)), pixel_size_from_star(r)
+        return (ctf_from_star(r, CTFParams(defocus1_a=0.0), source=self.star),
+                pixel_size_from_star(r))
 
 
 def _read_ctf_star(path: Path) -> pd.DataFrame:

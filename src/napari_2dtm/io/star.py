@@ -23,6 +23,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from napari_2dtm.core.ctf import CTFParams
@@ -30,7 +31,8 @@ from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_path
 
 __all__ = ["STAR_COLUMNS", "OPTICS_CTF", "DEFOCUS_COLUMNS", "hits_to_star", "write_hits",
-           "read_hits", "read_star", "star_value", "optics_columns", "optics_ctf", "ctf_from_star",
+           "read_hits", "check_hits", "HIT_POSE_COLUMNS", "read_star", "star_value",
+           "optics_columns", "optics_ctf", "ctf_from_star",
            "pixel_size_from_star", "join_optics"]
 
 #: our hits column -> RELION label in ``data_particles``
@@ -93,19 +95,39 @@ def optics_ctf(row, default: CTFParams | None = None) -> dict:
     return {f: star_value(row, label, getattr(default, f)) for f, label in OPTICS_CTF.items()}
 
 
-def ctf_from_star(row, default: CTFParams | None = None) -> CTFParams:
+def ctf_from_star(row, default: CTFParams | None = None, source=None) -> CTFParams:
     """The :class:`CTFParams` of one STAR row (micrograph or particle, with its optics
     columns joined, see :func:`join_optics`); missing values come from ``default``.
 
-    Defocus V defaults to defocus U when only U is given.
+    Defocus V defaults to defocus U when only U is given. A defocus U column that is
+    there but empty or not a number in this row is refused (:class:`InputError` naming
+    ``source``, the STAR file): taking the default would search at a defocus nobody gave.
     """
     default = default or CTFParams()
+    where = f"{source}: " if source else ""
+    label = DEFOCUS_COLUMNS["defocus1_a"]
+    raw = _raw_value(row, label)
+    if raw is not None and star_value(row, label) is None:
+        name = _raw_value(row, "rlnMicrographName")
+        raise InputError(f"{where}{label} is empty or not a number"
+                         + (f" for {name}" if name is not None else "") + f" (got {raw!r})")
     values = {f: star_value(row, label, getattr(default, f))
               for f, label in DEFOCUS_COLUMNS.items()}
     values.update(optics_ctf(row, default))
     if star_value(row, DEFOCUS_COLUMNS["defocus2_a"]) is None:
         values["defocus2_a"] = values["defocus1_a"]  # no astigmatism given
-    return dataclasses.replace(default, **values)
+    try:
+        return dataclasses.replace(default, **values)
+    except InputError as e:
+        raise InputError(f"{where}{e}") from None
+
+
+def _raw_value(row, label: str):
+    """``row[label]`` as read, or None when the row has no such label."""
+    try:
+        return row[label]
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 def pixel_size_from_star(row, labels=("rlnMicrographPixelSize", "rlnImagePixelSize")) -> float | None:
@@ -180,14 +202,50 @@ def write_hits(hits: pd.DataFrame, path, micrograph_name="micrograph.mrc", pixel
             raise InputError(f"{path}: hits can be written as .star or .csv")
 
 
-def read_hits(path) -> pd.DataFrame:
-    """Read hits from our CSV or a STAR file (RELION names mapped back)."""
+#: the columns a hit needs to be re-scored or back-projected: position and pose
+HIT_POSE_COLUMNS = ("x", "y", "phi", "theta", "psi")
+
+
+def check_hits(hits: pd.DataFrame, source, columns=HIT_POSE_COLUMNS) -> pd.DataFrame:
+    """Refuse a hits table that has no rows, lacks one of ``columns`` (our names) or
+    holds a value there that is not a finite number: one line naming ``source``."""
+    if not isinstance(hits, pd.DataFrame) or hits.empty:
+        raise InputError(f"{source}: no hits in the file")
+    for c in columns:
+        if c not in hits:
+            raise InputError(f"{source}: no {c} column ({STAR_COLUMNS.get(c, c)} in a STAR file)")
+        v = pd.to_numeric(hits[c], errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise InputError(f"{source}: {int(bad.sum())} hit(s) with a {c} value that is not a "
+                             f"finite number (first: row {int(np.argmax(bad)) + 1}, "
+                             f"{hits[c].iloc[int(np.argmax(bad))]!r})")
+    return hits
+
+
+def read_hits(path, required=()) -> pd.DataFrame:
+    """Read hits from our CSV or a STAR file (RELION names mapped back).
+
+    A file that is not a table, or (with ``required``, e.g. :data:`HIT_POSE_COLUMNS`)
+    one without hits or with a non-numeric value in those columns, is refused in one
+    line naming it (:func:`check_hits`).
+    """
     import starfile  # noqa: PLC0415
 
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    data = starfile.read(path, always_dict=True)
-    df = data.get("particles", next(iter(data.values())))
-    inv = {v: k for k, v in STAR_COLUMNS.items()}
-    return df.rename(columns=inv)
+    try:
+        if path.suffix.lower() == ".csv":
+            df = pd.read_csv(path)
+        else:
+            data = starfile.read(path, always_dict=True)
+            df = data.get("particles", next(iter(data.values()), None))
+    except FileNotFoundError:
+        raise InputError(f"{path}: hits file not found") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: the hits file is empty") from None
+    except Exception as e:  # parser errors vary with the junk
+        raise InputError(f"{path}: not a readable hits table ({type(e).__name__})") from None
+    if not isinstance(df, pd.DataFrame):
+        df = pd.DataFrame()
+    df = df.rename(columns={v: k for k, v in STAR_COLUMNS.items()})
+    return check_hits(df, path, required) if required else df

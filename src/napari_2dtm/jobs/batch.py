@@ -12,7 +12,10 @@ Layout of a batch folder ``OUT/``::
 
 Running a batch again skips micrographs whose results folder exists, resumes
 interrupted ones from their checkpoints, and (unless ``retry_failed``) leaves failed
-ones failed. A micrograph that cannot be read or searched is reported in the summary
+ones failed. One batch runs on a folder at a time (its lock,
+:func:`~napari_2dtm.io.mrc.output_lock`), and a folder without ``batch.json`` that
+holds a ``summary.csv``/``summary.json`` of someone else's is refused. The summary and
+:func:`batch_status` live in :mod:`napari_2dtm.jobs.batch_folder` (re-exported here). A micrograph that cannot be read or searched is reported in the summary
 with a one-line error; the batch goes on.
 
 Work runs in this process (``workers=0``), on a dask.distributed ``LocalCluster``
@@ -33,12 +36,14 @@ searches end in its :func:`~napari_2dtm.jobs.search.save_results`), so its resul
 folder is the one ``napari-2dtm search`` writes. :func:`run_batch` follows the jobs'
 protocol: ``progress`` gets each summary row as it is finished, ``cancel`` (an Event)
 stops the batch between micrographs (the running search at its next orientation batch,
-its checkpoint kept) and raises :class:`~napari_2dtm.errors.Cancelled`; it returns
+its checkpoint saved, also on dask workers, which see it through a
+``distributed.Event``) and raises :class:`~napari_2dtm.errors.Cancelled`; it returns
 ``(summary, out_dir)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -46,6 +51,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -58,8 +64,17 @@ from napari_2dtm.io.micrographs import (
     CTFSource,
     find_micrographs,
     micrograph_name,
+    read_micrograph_with_ctf,
 )
-from napari_2dtm.io.mrc import atomic_write_text, read_micrograph
+from napari_2dtm.io.mrc import atomic_write_text, output_lock, read_micrograph
+from napari_2dtm.jobs.batch_folder import (
+    SUMMARY_COLUMNS,
+    _done_folder,
+    _read_batch_json,
+    _write_summary,
+    batch_status,
+    read_summary,
+)
 from napari_2dtm.jobs.search import run_search, save_results
 from napari_2dtm.search.checkpoint import (
     checkpoint_path_for,
@@ -68,16 +83,20 @@ from napari_2dtm.search.checkpoint import (
     merge_partials,
     shard_ranges,
 )
-from napari_2dtm.search.config import _RUNTIME_FIELDS, SearchConfig, orientation_list
+from napari_2dtm.search.config import (
+    _RUNTIME_FIELDS,
+    SearchConfig,
+    check_threshold,
+    orientation_list,
+)
 from napari_2dtm.search.engine import Search
-from napari_2dtm.search.results import MARKER, ResultsFolder
+from napari_2dtm.search.results import MARKER
 from napari_2dtm.templates.load import load_template
 from napari_2dtm.templates.template import Template
 
 __all__ = ["find_micrographs", "micrograph_name", "CTFSource", "BatchJob", "run_batch",
            "read_summary", "batch_status", "SUMMARY_COLUMNS", "MICROGRAPH_SUFFIXES"]
 
-SUMMARY_COLUMNS = ["micrograph", "name", "status", "n_hits", "error", "time_s", "results"]
 
 
 # ------------------------------------------------------------------ the jobs
@@ -94,12 +113,18 @@ class BatchJob:
     out_dir: str
     config: SearchConfig
     template: object
-    pixel_size_a: float | None = None
+    pixel_size_a: float | None = None  # the user's (--pixel-size): wins over the header
+    #: the CTF file's pixel size and the file: checked against the header when read
+    ctf_pixel_size_a: float | None = None
+    ctf_file: str | None = None
     template_source: str | None = None
     template_kwargs: dict = dataclasses.field(default_factory=dict)
     error: str | None = None  # set when the job could not even be prepared
     metric: str = "zscore"  # hits detection (see jobs.search.detect_hits)
     threshold: float | None = None
+    #: name of the dask ``distributed.Event`` that cancels the batch (on dask workers,
+    #: where the caller's threading.Event cannot reach)
+    cancel_event: str | None = None
 
     @property
     def results_dir(self) -> Path:
@@ -127,7 +152,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def _load(job: BatchJob, template=None):
-    image, px = read_micrograph(job.micrograph, job.pixel_size_a)
+    image, px = read_micrograph_with_ctf(job.micrograph, job.pixel_size_a,
+                                         job.ctf_pixel_size_a, job.ctf_file)
     tpl = job.template if template is None else template
     # A model template is computed at the micrograph pixel size; redo it if this
     # micrograph's pixel size differs from the one it was made for.
@@ -154,16 +180,52 @@ def search_micrograph(job: BatchJob, template=None, cancel: threading.Event | No
     t0 = time.perf_counter()
     if job.error:
         return _row(job, "failed", error=job.error)
+    with _dask_cancel(job.cancel_event, cancel) as cancel:
+        try:
+            image, px, tpl = _load(job, template)
+            res, _ = run_search(image, px, tpl, job.config, job.results_dir,
+                                micrograph_path=job.micrograph, metric=job.metric,
+                                threshold=job.threshold, checkpoint=job.checkpoint,
+                                cancel=cancel)
+            return _row(job, "done", n_hits=len(res.hits), time_s=time.perf_counter() - t0)
+        except Cancelled:
+            raise
+        except Exception as e:  # the batch goes on; the row says why
+            return _row(job, "failed", error=_one_line(e), time_s=time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _dask_cancel(name: str | None, cancel: threading.Event | None):
+    """On a dask worker, a threading.Event set when the batch's ``distributed.Event``
+    ``name`` is: the search then stops at its next orientation batch and saves its
+    checkpoint, as it does in one process. Yields ``cancel`` itself when given or when
+    there is no such event."""
+    if cancel is not None or not name:
+        yield cancel
+        return
+    from distributed import Event  # noqa: PLC0415
+
+    remote = Event(name)
+    local = threading.Event()
+    done = threading.Event()
+    if remote.is_set():  # cancelled before this task started: do no work
+        local.set()
+
+    def watch():
+        while not done.is_set() and not local.is_set():
+            try:
+                if remote.wait(timeout=0.2):
+                    local.set()
+            except Exception:  # the scheduler is gone: the worker goes with it
+                return
+
+    watcher = threading.Thread(target=watch, name="napari-2dtm batch cancel", daemon=True)
+    watcher.start()
     try:
-        image, px, tpl = _load(job, template)
-        res, _ = run_search(image, px, tpl, job.config, job.results_dir,
-                            micrograph_path=job.micrograph, metric=job.metric,
-                            threshold=job.threshold, checkpoint=job.checkpoint, cancel=cancel)
-        return _row(job, "done", n_hits=len(res.hits), time_s=time.perf_counter() - t0)
-    except Cancelled:
-        raise
-    except Exception as e:  # the batch goes on; the row says why
-        return _row(job, "failed", error=_one_line(e), time_s=time.perf_counter() - t0)
+        yield local
+    finally:
+        done.set()
+        watcher.join(2.0)
 
 
 def search_shard(job: BatchJob, orientation_range, template=None) -> dict:
@@ -205,106 +267,6 @@ def merge_shards(job: BatchJob, shards: list, template=None) -> dict:
         return _row(job, "done", n_hits=len(res.hits), time_s=spent + time.perf_counter() - t0)
     except Exception as e:
         return _row(job, "failed", error=_one_line(e), time_s=spent + time.perf_counter() - t0)
-
-
-# ------------------------------------------------------------------ summary
-def read_summary(out_dir) -> pd.DataFrame:
-    """The batch summary table (empty with the summary columns if there is none yet)."""
-    p = Path(out_dir) / "summary.csv"
-    if not p.is_file():
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    return pd.read_csv(p, keep_default_na=False, na_values=[""])
-
-
-def _write_summary(out_dir: Path, rows: list[dict]):
-    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    atomic_write_text(out_dir / "summary.csv", df.to_csv(index=False))
-    recs = json.loads(df.to_json(orient="records"))
-    atomic_write_text(out_dir / "summary.json", json.dumps(recs, indent=1))
-
-
-def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
-    """Status of each micrograph of a batch folder, from the folder itself.
-
-    Columns: name, micrograph, status (``done``, ``running/interrupted`` = a checkpoint
-    or shard files, ``failed``, ``pending``), n_hits, error, results, fraction (of the
-    search done, for checkpoints). Micrographs come from the summary, batch.json and the
-    results folders present.
-    """
-    from napari_2dtm.search.checkpoint import read_state  # noqa: PLC0415
-
-    out_dir = Path(out_dir)
-    summ = read_summary(out_dir)
-    rows: dict[str, dict] = {}
-    order: list[str] = []
-
-    def add(name, **kw):
-        if name not in rows:
-            rows[name] = {"name": name, "micrograph": None, "status": "pending", "n_hits": None,
-                          "error": None, "results": None, "fraction": None}
-            order.append(name)
-        rows[name].update({k: v for k, v in kw.items() if v is not None})
-
-    meta = _read_batch_json(out_dir)
-    for m in (meta or {}).get("micrographs", []):
-        add(micrograph_name(m), micrograph=m)
-    for r in summ.to_dict("records"):
-        add(str(r["name"]), micrograph=r.get("micrograph"))
-        if r.get("status") == "failed":
-            add(str(r["name"]), status="failed", error=r.get("error"))
-    for d in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
-        if d.is_dir() and (d / MARKER).is_file() and not d.name.startswith("."):
-            add(d.name)
-        elif d.is_file() and d.name.endswith(".checkpoint.npz") and not d.name.startswith("."):
-            add(d.name[: -len(".checkpoint.npz")])
-        elif d.is_dir() and d.name.startswith(".") and d.name.endswith(".shards"):
-            add(d.name[1: -len(".shards")])
-    for name in list(order) if names is None else list(names):
-        add(name)
-        res = out_dir / name
-        if (res / MARKER).is_file():
-            done = _done_folder(res)
-            rows[name].update(status="done", error=None, results=str(res),
-                              n_hits=done.n_hits if done else None)
-            rows[name]["micrograph"] = rows[name]["micrograph"] or (
-                str(done.micrograph_path() or done.recorded_micrograph) if done else None)
-            continue
-        ck = checkpoint_path_for(res)
-        shards = out_dir / f".{name}.shards"
-        if ck.is_file() or shards.is_dir():
-            frac = None
-            try:
-                if ck.is_file():
-                    st = read_state(ck)
-                    info = st["info"]
-                    tot = (info["orientation_range"][1] - info["orientation_range"][0]) \
-                        * info["n_defocus"] * info["n_pixel_planes"]
-                    frac = st["n_cc"] / tot if tot else None
-            except InputError:
-                pass
-            rows[name].update(status="interrupted", fraction=frac)
-    names_out = order if names is None else list(names)
-    return pd.DataFrame([rows[n] for n in names_out],
-                        columns=["name", "micrograph", "status", "n_hits", "error", "results",
-                                 "fraction"])
-
-
-def _done_folder(folder: Path) -> ResultsFolder | None:
-    """A finished micrograph's results folder (``search.json`` only), None if unreadable."""
-    try:
-        return ResultsFolder.open(folder, maps=False)
-    except InputError:
-        return None
-
-
-def _read_batch_json(out_dir: Path) -> dict | None:
-    p = out_dir / "batch.json"
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _batch_identity(config: SearchConfig, template: Template, template_source) -> dict:
@@ -354,6 +316,43 @@ def run_batch(
     mics = [Path(m) for m in micrographs]
     if not mics:
         raise InputError("no micrographs to search")
+    _check_run_settings(workers, threads_per_worker, shards)
+    if pixel_size_a is not None and not (math.isfinite(pixel_size_a) and pixel_size_a > 0):
+        raise InputError(f"--pixel-size must be > 0 Angstrom, got {pixel_size_a}")
+    threshold = check_threshold(threshold)
+    _check_batch_folder(out_dir)
+    # One batch per folder at a time: two would search the same micrographs into the
+    # same results folders and checkpoints.
+    with output_lock(out_dir):
+        return _run_batch_locked(mics, out_dir, template, config, ctf, pixel_size_a,
+                                 template_kwargs, retry_failed, workers, scheduler,
+                                 threads_per_worker, shards, metric, threshold, progress, cancel)
+
+
+def _check_run_settings(workers, threads_per_worker, shards) -> None:
+    """Refuse, before any micrograph, counts that would fail in dask or search nothing."""
+    for name, value, least in (("--workers", workers, 0), ("--shards", shards, 1),
+                               ("--threads-per-worker", threads_per_worker, 1)):
+        if value is not None and int(value) < least:
+            raise InputError(f"{name} must be >= {least}, got {value}")
+
+
+def _check_batch_folder(out_dir: Path) -> None:
+    """Refuse an output the batch would damage: a file, or a folder that is not a batch
+    folder (no ``batch.json``) but holds a file of the names a batch writes."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder; choose another batch folder")
+    if out_dir.is_dir() and not (out_dir / "batch.json").is_file():
+        for name in ("summary.csv", "summary.json"):
+            if (out_dir / name).exists():
+                raise InputError(f"{out_dir}: not a napari-2dtm batch folder (no batch.json) "
+                                 f"but holds {name}; refusing to replace it, choose another "
+                                 "batch folder")
+
+
+def _run_batch_locked(mics, out_dir, template, config, ctf, pixel_size_a, template_kwargs,
+                      retry_failed, workers, scheduler, threads_per_worker, shards, metric,
+                      threshold, progress, cancel):
     ctf = ctf or CTFSource(default=config.ctf, default_pixel_size_a=pixel_size_a)
     tkw = dict(template_kwargs or {})
     tsrc = None if isinstance(template, (Template, np.ndarray)) else str(template)
@@ -430,7 +429,7 @@ def _make_job(mic, name, out_dir, config, tpl, tsrc, tkw, ctf, pixel_size_a) -> 
     try:
         params, px = ctf.for_micrograph(mic)
         job.config = dataclasses.replace(config, ctf=params)
-        job.pixel_size_a = pixel_size_a or px
+        job.ctf_pixel_size_a, job.ctf_file = px, ctf.source_file(mic)
     except InputError as e:
         job.error = str(e)
     return job
@@ -460,15 +459,29 @@ def _run_here(jobs, finished, shards, cancel=None):
             finished(merge_shards(job, parts))
 
 
+#: seconds to wait for a dask scheduler (``--scheduler``) before giving up in one line
+SCHEDULER_TIMEOUT_S = 20
+
+
 def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards, cancel=None):
     try:
-        from dask.distributed import Client, LocalCluster, as_completed  # noqa: PLC0415
+        from dask.distributed import (  # noqa: PLC0415
+            Client,
+            Event,
+            LocalCluster,
+            as_completed,
+            wait,
+        )
     except ImportError:
         raise InputError("dask.distributed is not installed (pip install 'napari-2dtm[dask]'); "
                          "run with --workers 0 to search in this process") from None
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, ValueError, TypeError) as e:  # unreachable, refused, bad address
+            raise InputError(f"--scheduler {scheduler}: cannot connect to a dask scheduler "
+                             f"there ({type(e).__name__}: {one_line(e)})") from None
     else:
         ncpu = os.cpu_count() or 1
         threads = threads_per_worker or max(1, ncpu // max(1, workers))
@@ -481,9 +494,10 @@ def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards, ca
         # The template goes to every worker once; jobs carry no copy of it. Futures are
         # resolved only as top-level (or list) arguments, hence the separate argument.
         [tpl_future] = client.scatter([jobs[0].template], broadcast=True)
+        stop_name = f"napari-2dtm-cancel-{uuid.uuid4().hex}"
         futures = []
         for job in jobs:
-            job = dataclasses.replace(job, template=None)
+            job = dataclasses.replace(job, template=None, cancel_event=stop_name)
             plan = _shard_plan(job, shards)
             if plan is None:
                 futures.append(client.submit(search_micrograph, job, tpl_future,
@@ -494,16 +508,51 @@ def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards, ca
                 futures.append(client.submit(merge_shards, job, parts, tpl_future, pure=False,
                                              key=f"merge-{job.name}"))
         by_key = {f.key: job for f, job in zip(futures, jobs)}
-        for fut in as_completed(futures):
-            if cancel is not None and cancel.is_set():
-                client.cancel(futures)  # running searches keep their checkpoints
-                raise Cancelled("batch cancelled")
-            try:
-                row = fut.result()
-            except Exception as e:  # a worker died (memory, segfault): report, go on
-                row = _row(by_key[fut.key], "failed", error=f"worker failed: {_one_line(e)}")
-            finished(row)
+        with _forward_cancel(cancel, Event(stop_name, client=client)):
+            for fut in as_completed(futures):
+                if cancel is not None and cancel.is_set():
+                    # The running searches saw the event: let them save their checkpoints
+                    # (the next orientation batch) before the workers are stopped.
+                    with contextlib.suppress(Exception):
+                        wait(futures, timeout=CANCEL_GRACE_S)
+                    client.cancel(futures)
+                    raise Cancelled("batch cancelled")
+                try:
+                    row = fut.result()
+                except Exception as e:  # a worker died (memory, segfault): report, go on
+                    row = _row(by_key[fut.key], "failed", error=f"worker failed: {_one_line(e)}")
+                finished(row)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+#: how long a cancelled dask batch waits for its running searches to save checkpoints
+#: (a batch system's grace period after SIGTERM is often 30-60 s)
+CANCEL_GRACE_S = 25.0
+
+
+@contextlib.contextmanager
+def _forward_cancel(cancel: threading.Event | None, remote):
+    """Set the dask Event ``remote`` as soon as ``cancel`` is set, while the block runs
+    (the main thread is blocked waiting for results then)."""
+    if cancel is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.1):
+            if cancel.is_set():
+                with contextlib.suppress(Exception):
+                    remote.set()
+                return
+
+    watcher = threading.Thread(target=watch, name="napari-2dtm batch cancel", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()

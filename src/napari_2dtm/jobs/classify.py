@@ -3,8 +3,10 @@
 :func:`run_classify` follows the jobs' protocol (:mod:`napari_2dtm.jobs`). For hits on one
 or more micrographs (:class:`ClassifyInput`; several are pooled into one fit) it
 
-1. refuses an output folder it may not replace, before any work
-   (:func:`napari_2dtm.io.mrc.atomic_dir` with the marker ``classification.json``);
+1. takes the output's lock (:func:`napari_2dtm.io.mrc.output_lock`: a second run on the
+   same folder is refused) and refuses an output folder it may not replace, before any
+   work (:func:`napari_2dtm.io.mrc.atomic_dir` with the marker ``classification.json``;
+   never a folder holding one of the inputs);
 2. loads the templates (:func:`~napari_2dtm.classify.templates.load_template_set`, models
    with the model origin kept) and checks their alignment: one
    :class:`ClassifyProgress` ``("templates", 1, 1)`` carries a one-line description and
@@ -44,7 +46,7 @@ from napari_2dtm.classify.scoring import score_hits
 from napari_2dtm.classify.templates import TemplateSet, check_templates, load_template_set
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import Cancelled, InputError
-from napari_2dtm.io.mrc import atomic_dir
+from napari_2dtm.io.mrc import atomic_dir, output_lock
 from napari_2dtm.plots import save_features
 from napari_2dtm.search.results import MARKER as RESULTS_MARKER
 from napari_2dtm.search.results import ResultsFolder
@@ -161,7 +163,12 @@ def run_classify(
         if progress is not None:
             progress(ClassifyProgress(*record))
 
-    with atomic_dir(out_dir, overwrite=overwrite, marker=MARKER, what=WHAT) as tmp:
+    # The inputs (results folders, hits files, templates) are never inside what is replaced.
+    inputs = [m.source for m in mics if m.source]
+    if not isinstance(templates, TemplateSet):
+        inputs += [t for t in templates if isinstance(t, (str, Path))]
+    with (output_lock(out_dir),
+          atomic_dir(out_dir, overwrite=overwrite, marker=MARKER, what=WHAT, inputs=inputs) as tmp):
         results = [_search_result(m.result) for m in mics]
         ctfs = [_ctf(m, r) for m, r in zip(mics, results)]
         px = float(template_pixel_size_a or mics[0].pixel_size_a)

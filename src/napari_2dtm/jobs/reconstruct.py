@@ -42,7 +42,7 @@ import pandas as pd
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits
-from napari_2dtm.io.mrc import atomic_dir, read_micrograph, write_mrc
+from napari_2dtm.io.mrc import atomic_dir, output_lock, read_micrograph, write_mrc
 from napari_2dtm.io.records import json_default, plain
 from napari_2dtm.plots import draw_fsc
 from napari_2dtm.reconstruct.bias import (
@@ -59,7 +59,7 @@ from napari_2dtm.reconstruct.particles import (
     write_particles,
 )
 from napari_2dtm.reconstruct.reconstructor import Reconstruction, reconstruct
-from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.load import template_at
 from napari_2dtm.templates.template import Template
 
 __all__ = ["MicrographInput", "JobSettings", "JobProgress", "JobResult", "run_reconstruct",
@@ -193,7 +193,7 @@ def micrographs_from_star(star, micrographs: Sequence | None = None,
     the STAR file unless given (in the order of their first appearance)."""
     import starfile  # noqa: PLC0415
 
-    from napari_2dtm.io.star import STAR_COLUMNS, optics_ctf, star_value  # noqa: PLC0415
+    from napari_2dtm.io.star import STAR_COLUMNS, check_hits, optics_ctf, star_value  # noqa: PLC0415
 
     star = Path(star)
     if not star.exists():
@@ -207,10 +207,7 @@ def micrographs_from_star(star, micrographs: Sequence | None = None,
         raise InputError(f"{star}: no particles block with rlnCoordinateX/Y")
     optics = blocks.get("optics")
     o = optics.iloc[0] if isinstance(optics, pd.DataFrame) and len(optics) else {}
-    hits = parts.rename(columns={v: k for k, v in STAR_COLUMNS.items()})
-    for c in ("phi", "theta", "psi"):
-        if c not in hits:
-            raise InputError(f"{star}: lacks rlnAngleRot/Tilt/Psi")
+    hits = check_hits(parts.rename(columns={v: k for k, v in STAR_COLUMNS.items()}), star)
     names = (hits["rlnMicrographName"].astype(str) if "rlnMicrographName" in hits
              else pd.Series(["micrograph.mrc"] * len(hits)))
     order = list(dict.fromkeys(names))
@@ -270,7 +267,7 @@ def density_sigma(volume: np.ndarray, region: np.ndarray, template: np.ndarray) 
 
 
 def _load(template, px, what) -> Template:
-    t = load_template(template, pixel_size_a=px)
+    t = template_at(template, px)  # a map keeps its header voxel size, then resampled
     if abs(t.pixel_size_a - px) > 1e-3 * px:
         raise InputError(f"{t.source}: {what} pixel size {t.pixel_size_a:g} A differs from the "
                          f"micrograph's {px:g} A; make it at the micrograph pixel size")
@@ -361,10 +358,13 @@ def run_reconstruct(micrographs: Sequence[MicrographInput], template, out_dir,
     s = settings or JobSettings()
     out_dir = Path(out_dir)
     cancel = cancel or threading.Event()
-    # The folder check comes first (an existing folder fails in a second, not after the
-    # refinement); the temporary folder is dropped on any error or cancel.
-    with atomic_dir(out_dir, overwrite=overwrite, marker="reconstruct.json",
-                    what="reconstruction folder") as tmp:
+    # The lock and the folder check come first (a second run on this folder, or an
+    # existing folder, fails in a second, not after the refinement); the temporary
+    # folder is dropped on any error or cancel.
+    inputs = [t for t in (template, omit_template) if isinstance(t, (str, Path))]
+    with (output_lock(out_dir),
+          atomic_dir(out_dir, overwrite=overwrite, marker="reconstruct.json",
+                     what="reconstruction folder", inputs=inputs) as tmp):
         job = _run(list(micrographs), template, omit_template, s, tmp, progress, cancel)
     job.folder = out_dir
     if progress is not None:  # after the move: a late cancel no longer undoes the folder

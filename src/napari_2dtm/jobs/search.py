@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.io.mrc import check_output, output_lock
+from napari_2dtm.search.config import check_threshold
 from napari_2dtm.search.engine import Search
 from napari_2dtm.search.results import results_dir_problem, write_results
 
@@ -130,6 +132,7 @@ def run_search(image, pixel_size_a: float, template, config, out_dir, *,
                micrograph_path=None, micrograph_name: str = "micrograph",
                overwrite: bool = False, metric: str = "zscore",
                threshold: float | None = None, checkpoint=None,
+               restart: bool = False,
                template_kwargs: dict | None = None,
                progress: Callable | None = None,
                cancel: threading.Event | None = None):
@@ -139,21 +142,42 @@ def run_search(image, pixel_size_a: float, template, config, out_dir, *,
     micrograph_path: the file ``image`` was read from (recorded; without it the image is
     saved in the folder under the name ``micrograph_name``); metric, threshold: how the
     hits are detected (:func:`detect_hits`); checkpoint: ``.npz`` path to save partial
-    statistics to and resume from (deleted once the folder is written).
+    statistics to and resume from (deleted once the folder is written); restart: start
+    over, discarding an existing checkpoint, but only once the inputs are read and
+    checked (a typo in a file name must not cost an interrupted search).
 
-    Returns ``(SearchResult, folder)``. Raises :class:`InputError` for bad input or an
-    existing ``out_dir`` without ``overwrite`` (checked before the search starts), and
+    The output's lock (:func:`~napari_2dtm.io.mrc.output_lock`) is held from before the
+    search until the folder is in place: a second search on the same ``out_dir`` is
+    refused. Returns ``(SearchResult, folder)``. Raises :class:`InputError` for bad
+    input, another run on ``out_dir``, an existing ``out_dir`` without ``overwrite`` or
+    one that holds the micrograph or template (checked before the search starts), and
     :class:`~napari_2dtm.errors.Cancelled` when ``cancel`` was set.
     """
     if metric not in HITS_METRICS:
         raise InputError(f"hits metric must be one of {', '.join(HITS_METRICS)}, got {metric!r}")
+    threshold = check_threshold(threshold)
+    with output_lock(out_dir):
+        return _run_search_locked(image, pixel_size_a, template, config, out_dir,
+                                  micrograph_path, micrograph_name, overwrite, metric, threshold,
+                                  checkpoint, restart, template_kwargs, progress, cancel)
+
+
+def _run_search_locked(image, pixel_size_a, template, config, out_dir, micrograph_path,
+                       micrograph_name, overwrite, metric, threshold, checkpoint, restart,
+                       template_kwargs, progress, cancel):
     problem = results_dir_problem(out_dir, overwrite)
     if problem:
         raise InputError(problem)
+    template_file = template if isinstance(template, (str, Path)) else None
+    check_output(out_dir, overwrite=True, inputs=(micrograph_path, template_file))
     if cancel is not None and cancel.is_set():
         raise Cancelled("search cancelled")
     search = Search(image, pixel_size_a, template, config, template_kwargs=template_kwargs,
-                    checkpoint=checkpoint, micrograph_path=micrograph_path)
+                    checkpoint=None if restart else checkpoint, micrograph_path=micrograph_path)
+    if restart and checkpoint is not None:
+        # The inputs are good: only now is the interrupted search given up.
+        Path(checkpoint).unlink(missing_ok=True)
+        search.checkpoint_path = Path(checkpoint)
     if progress is not None:
         progress(SearchStarted(search.n_orientations, search.n_planes, search.n_cc_total,
                                search.pixel_size_a, tuple(search.image_shape),

@@ -5,7 +5,10 @@ radius, in index units, rounds to ``k`` (``k = 0 .. n // 2``); shell ``k`` is th
 frequency ``k / (n * pixel)`` (:func:`shell_frequencies`). The FSC of two maps is the
 normalised cross power per shell (:func:`fsc`); the resolution is where it first drops
 below 0.143 (:data:`FSC_THRESHOLD`, Rosenthal & Henderson 2003), interpolated linearly
-between shells (:func:`fsc_resolution`). A soft mask (:func:`soft_mask` from a map,
+between shells (:func:`fsc_resolution`). An FSC already below 0.143 at the first shell
+past the origin (the crossing would lie at a period longer than the box) has no
+resolution: ``inf``, written "worse than the box (FSC does not cross 0.143)" by
+:func:`resolution_text`, never a number of 10^8 A. A soft mask (:func:`soft_mask` from a map,
 :func:`spherical_mask`) removes solvent noise before the masked FSC.
 
 The FSC between half maps is NOT gold-standard when the poses come from template
@@ -15,6 +18,8 @@ the resolution is over-estimated (:data:`FSC_NOTE`, written beside every FSC).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
@@ -22,6 +27,7 @@ from scipy import ndimage
 __all__ = [
     "fsc",
     "fsc_resolution",
+    "resolution_text",
     "fsc_crossing_shell",
     "shell_frequencies",
     "lowpass",
@@ -83,16 +89,25 @@ def fsc(map1: np.ndarray, map2: np.ndarray, mask: np.ndarray | None = None) -> n
 
 def fsc_resolution(curve, n: int, pixel_size_a: float, threshold: float = FSC_THRESHOLD) -> float:
     """Resolution (A) where ``curve`` first drops below ``threshold`` (after shell 0),
-    interpolated linearly between shells; Nyquist (``2 * pixel``) if it never does."""
+    interpolated linearly between shells; Nyquist (``2 * pixel``) if it never does;
+    ``inf`` when it is below at shell 1 (no shell inside the box correlates)."""
     c = np.asarray(curve, np.float64)
     for k in range(1, len(c)):
         if c[k] < threshold:
+            if k == 1:
+                return math.inf
             k0 = k - 1
             denom = c[k0] - c[k]
             t = (c[k0] - threshold) / denom if denom > 0 else 0.0
-            kc = max(k0 + t, 1e-6)
-            return float(n * pixel_size_a / kc)
+            return float(n * pixel_size_a / (k0 + t))
     return float(2.0 * pixel_size_a)
+
+
+def resolution_text(resolution_a: float | None, digits: int = 2) -> str:
+    """``"7.35 A"``, or ``"worse than the box (FSC does not cross 0.143)"`` for ``inf``."""
+    if resolution_a is None or not math.isfinite(resolution_a):
+        return f"worse than the box (FSC does not cross {FSC_THRESHOLD})"
+    return f"{resolution_a:.{digits}f} A"
 
 
 def fsc_crossing_shell(curve, threshold: float) -> float:

@@ -46,7 +46,7 @@ from napari_2dtm.core.backend import get_backend, to_numpy
 from napari_2dtm.core.filters import prepare_image
 from napari_2dtm.core.geometry import euler_to_matrix
 from napari_2dtm.errors import Cancelled, InputError
-from napari_2dtm.templates.load import load_template
+from napari_2dtm.templates.load import template_at
 from napari_2dtm.templates.template import Template
 
 from . import _correlate
@@ -61,6 +61,7 @@ from .checkpoint import (
 from .config import (
     _RUNTIME_FIELDS,
     SearchConfig,
+    checked_micrograph,
     defocus_offsets,
     orientation_list,
     orientation_span,
@@ -118,7 +119,7 @@ class Search:
 
     image: ``(ny, nx)`` micrograph (any real dtype); pixel_size_a: its pixel size;
     template: :class:`~napari_2dtm.templates.template.Template`, a map/model path or a cubic
-    array (at ``pixel_size_a``).
+    array, brought to ``pixel_size_a`` (the rule: :mod:`napari_2dtm.templates.load`).
 
     checkpoint: optional ``.npz`` path. The search saves its partial statistics there
     every ``config.checkpoint_interval_s`` seconds, when cancelled and when done (atomic
@@ -133,18 +134,14 @@ class Search:
     def __init__(self, image, pixel_size_a: float, template, config: SearchConfig | None = None,
                  template_kwargs: dict | None = None, checkpoint=None, micrograph_path=None):
         self.config = cfg = config or SearchConfig()
-        img = np.asarray(image)
-        if img.ndim != 2:
-            raise InputError(f"micrograph must be 2D, got shape {img.shape}")
-        img = np.asarray(img, np.float32)  # no copy when already float32
-        if not np.all(np.isfinite(img)):
-            raise InputError("micrograph contains NaN or infinite values")
-        if not (pixel_size_a and np.isfinite(pixel_size_a) and pixel_size_a > 0):
-            raise InputError(f"micrograph pixel size must be > 0 Angstrom, got {pixel_size_a}")
+        img = checked_micrograph(image, pixel_size_a, micrograph_path)
         self.input_shape = img.shape
         self.input_pixel_size_a = float(pixel_size_a)
         self.micrograph_path = str(micrograph_path) if micrograph_path else None
-        self.template = load_template(template, pixel_size_a=pixel_size_a, **(template_kwargs or {}))
+        self.template = template_at(template, pixel_size_a, **(template_kwargs or {}))
+        if not np.any(self.template.volume):  # nothing to match: refuse before any work
+            raise InputError(f"{self.template.source or 'template'}: the template is all zero")
+        cfg.check_against(pixel_size_a, self.template.box * self.template.pixel_size_a)
         self.backend = get_backend(cfg.device)
         self._cancel = threading.Event()
         self.result: SearchResult | None = None

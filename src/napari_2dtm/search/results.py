@@ -9,7 +9,9 @@ Layout of ``OUT/``::
 
 Maps carry the search pixel size in their header. ``search.json`` is the search's
 metadata plus ``micrograph`` (where the searched image is: an absolute path, or a path
-relative to the folder for the ``input/`` copy), ``versions`` and ``n_hits``. The folder
+relative to the folder for the ``input/`` copy), ``micrograph_relative`` (the same file
+relative to the folder, so that a project moved or copied as a whole, micrograph and
+results together, still finds it from any working folder), ``versions`` and ``n_hits``. The folder
 is written with :func:`~napari_2dtm.io.mrc.atomic_dir` (marker ``search.json``): it
 appears complete or not at all, and an existing folder is replaced only with
 ``overwrite=True`` and only if it is a results folder.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import re
 from importlib import metadata as im
@@ -218,7 +221,9 @@ class ResultsFolder:
         """Where the searched micrograph is now, by one rule; None when it is not found.
 
         1. the recorded path: absolute, or relative to the results folder;
-        2. the folder's own copy, ``input/<recorded file name>`` (so a folder that was
+        2. the recorded path relative to the results folder (``micrograph_relative``: the
+           project was moved or copied);
+        3. the folder's own copy, ``input/<recorded file name>`` (so a folder that was
            moved, with an absolute path recorded, still opens), or its only
            ``input/*.mrc`` when nothing is recorded.
         """
@@ -231,6 +236,9 @@ class ResultsFolder:
                 candidates.append(p)
             elif folder is not None:
                 candidates.append(folder / p)
+            rel = self.metadata.get("micrograph_relative")
+            if rel and folder is not None:
+                candidates.append(folder / rel)
             if folder is not None:
                 candidates.append(folder / INPUT_DIR / p.name)
         elif folder is not None:
@@ -294,15 +302,19 @@ def write_results(result, out_dir, overwrite: bool = False, micrograph_path=None
                   micrograph_image=None, micrograph_name: str = "micrograph") -> Path:
     """Write a :class:`~napari_2dtm.search.engine.SearchResult` into ``out_dir``.
 
-    micrograph_path: the searched file (recorded as an absolute path). Or
-    micrograph_image: the searched image itself (an in-memory micrograph), saved in the
-    folder as ``input/<micrograph_name>.mrc`` and recorded relative to the folder.
+    micrograph_path: the searched file (recorded as an absolute path and relative to the
+    folder). Or micrograph_image: the searched image itself (an in-memory micrograph),
+    saved in the folder as ``input/<micrograph_name>.mrc`` and recorded relative to the
+    folder.
     """
     out_dir = Path(out_dir)
+    relative = None
     if micrograph_image is not None:
         recorded = input_copy_name(micrograph_name)
     else:
         recorded = str(Path(micrograph_path).resolve()) if micrograph_path else None
+        if recorded:
+            relative = _relative_to(recorded, out_dir)
     with atomic_dir(out_dir, overwrite=overwrite, marker=MARKER, what="results folder") as tmp:
         px = result.pixel_size_a
         for name, arr in result.maps.items():
@@ -318,7 +330,16 @@ def write_results(result, out_dir, overwrite: bool = False, micrograph_path=None
         write_hits(hits, tmp / "hits.csv")
         meta = dict(result.metadata)
         meta["micrograph"] = recorded
+        meta["micrograph_relative"] = relative
         meta["versions"] = _versions()
         meta["n_hits"] = len(hits)
         (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=json_default))
     return out_dir
+
+
+def _relative_to(path: str, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (both made absolute; None across drives)."""
+    try:
+        return Path(os.path.relpath(path, Path(folder).resolve())).as_posix()
+    except ValueError:
+        return None
