@@ -238,6 +238,17 @@ def test_read_only_output_folder_is_one_line(case, cli):
     assert os.listdir(ro) == []
 
 
+def test_output_that_cannot_be_created_is_one_line(case, cli):
+    """The same refusal as a read-only folder, reachable as root too: the output's parent
+    is a file, so nothing can be created there (ENOTDIR)."""
+    blocker = case.dir / "not_a_folder"
+    blocker.write_text("a user's file")
+    code, out, err = cli("search", case.mic, "--template", case.tpl, "--out", blocker / "res",
+                         *case.fast)
+    assert_refused(code, err, "not_a_folder")
+    assert blocker.read_text() == "a user's file"
+
+
 def test_ctrl_c_during_start_up_is_one_line(cli, monkeypatch):
     import importlib
 
