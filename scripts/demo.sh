@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# Qt6 (PyQt6, what setup installs) even where an older PyQt5 is still installed
+export QT_API="${QT_API:-pyqt6}"
 exec "${PYTHON:-python3}" -m napari_2dtm.cli demo "$@"

@@ -9,12 +9,17 @@ same search in teaching mode (``teaching_mode.png``); then a small batch reviewe
 2DTM Project panel (``project_panel.png``; ``--only project`` makes just that one); then a
 reconstruction job in the 2DTM Reconstruct widget (``reconstruction.png``; ``--only
 reconstruction``); then the demo's results reviewed in the 2DTM Hits widget
-(``hits_review.png``; ``--only hits``).
-Without a display it re-runs itself under ``xvfb-run``.
+(``hits_review.png``; ``--only hits``); then two states told apart in the 2DTM Classify
+widget (``classification.png``; ``--only classification``). One run makes them all and exits.
+Without a display it re-runs itself under ``xvfb-run``. Everything is made in one fixed,
+neutral working folder (``<temp>/napari-2dtm-demo``, removed afterwards), so the paths the
+widgets show in the pictures name no checkout and no random temporary folder. Qt6
+(PyQt6) unless ``QT_API`` says otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -24,6 +29,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"
+DATA = ROOT / "src" / "napari_2dtm" / "data"
+#: the working folder the screenshots show (see the module docstring)
+WORK = Path(tempfile.gettempdir()) / "napari-2dtm-demo"
+_MINE = ".made-by-make_screenshots"
+
+
+@contextlib.contextmanager
+def neutral_folder():
+    """Make ``WORK`` afresh and work in it; removed afterwards. A ``WORK`` this script did
+    not make is never touched."""
+    if WORK.exists():
+        if not (WORK / _MINE).is_file():
+            sys.exit(f"make_screenshots: {WORK} exists and was not made by this script; "
+                     "move it away first")
+        shutil.rmtree(WORK)
+    WORK.mkdir(parents=True)
+    (WORK / _MINE).touch()
+    old = Path.cwd()
+    os.chdir(WORK)  # the Search widget suggests its next folder under the working folder
+    try:
+        yield WORK
+    finally:
+        os.chdir(old)
+        shutil.rmtree(WORK, ignore_errors=True)
 
 
 def main() -> int:
@@ -33,23 +62,24 @@ def main() -> int:
             sys.exit("make_screenshots: no display and no xvfb-run (apt-get install xvfb)")
         cmd = [xvfb, "-a", "-s", "-screen 0 1600x1100x24", sys.executable, *sys.argv]
         return subprocess.call(cmd)
+    os.environ.setdefault("QT_API", "pyqt6")
     from napari_2dtm._napari._demo import launch, quiet_notifications
 
     quiet_notifications()
     IMAGES.mkdir(parents=True, exist_ok=True)
     if sys.argv[1:] == ["--only", "reconstruction"]:
-        with tempfile.TemporaryDirectory() as tmp:
+        with neutral_folder() as tmp:
             return reconstruction_screenshot(IMAGES / "reconstruction.png", Path(tmp))
     if sys.argv[1:] == ["--only", "hits"]:
-        with tempfile.TemporaryDirectory() as tmp:
+        with neutral_folder() as tmp:
             return hits_review_screenshot(IMAGES / "hits_review.png", Path(tmp))
     if sys.argv[1:] == ["--only", "classification"]:
-        with tempfile.TemporaryDirectory() as tmp:
+        with neutral_folder() as tmp:
             return classification_screenshot(IMAGES / "classification.png", Path(tmp))
     if sys.argv[1:] == ["--only", "project"]:
-        with tempfile.TemporaryDirectory() as tmp:
+        with neutral_folder() as tmp:
             return project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp))
-    with tempfile.TemporaryDirectory() as tmp:
+    with neutral_folder() as tmp:
         code = launch(
             Path(tmp) / "results",
             live_screenshot=IMAGES / "search_live.png",
@@ -60,7 +90,9 @@ def main() -> int:
         code = code or project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp) / "project")
         code = code or reconstruction_screenshot(IMAGES / "reconstruction.png",
                                                  Path(tmp) / "reconstruction")
-        return code or hits_review_screenshot(IMAGES / "hits_review.png", Path(tmp) / "hits")
+        code = code or hits_review_screenshot(IMAGES / "hits_review.png", Path(tmp) / "hits")
+        return code or classification_screenshot(IMAGES / "classification.png",
+                                                 Path(tmp) / "classification")
 
 
 def teaching_screenshot(png: Path, out_dir: Path) -> int:
@@ -195,7 +227,7 @@ def reconstruction_screenshot(png: Path, work_dir: Path) -> int:
     from napari_2dtm.simulate import simulate_micrograph
     from napari_2dtm.templates.model import template_from_model, write_template_mrc
 
-    model = ROOT.parent / "shared" / "data" / "structures" / "1A28.pdb.gz"
+    model = DATA / "1A28.pdb.gz"
     px = 2.0
     work_dir.mkdir(parents=True, exist_ok=True)
     write_template_mrc(work_dir / "1A28.mrc", template_from_model(model, px, center="model"))
@@ -321,9 +353,10 @@ def classification_screenshot(png: Path, work_dir: Path) -> int:
     from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler
     from napari_2dtm.simulate import simulate_micrograph
 
-    full = ROOT / "src" / "napari_2dtm" / "data" / "1BD2.pdb.gz"
     px = 3.0
     work_dir.mkdir(parents=True, exist_ok=True)
+    full = work_dir / "1BD2.pdb.gz"  # the templates table shows this path
+    shutil.copy(DATA / "1BD2.pdb.gz", full)
     st = gemmi.read_structure(str(full))
     st[0].remove_chain("B")
     no_b = work_dir / "1BD2_no_b2m.pdb"

@@ -6,7 +6,12 @@ gives them an X server when there is no display.
 
 from __future__ import annotations
 
+import os
 import warnings
+
+# Qt6 (PyQt6, what scripts/setup.sh installs) even where an older PyQt5 is still installed;
+# set before anything imports qtpy
+os.environ.setdefault("QT_API", "pyqt6")
 
 import mrcfile
 import numpy as np
