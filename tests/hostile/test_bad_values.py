@@ -178,6 +178,21 @@ def test_reconstruct_star_with_nan_pose_is_refused_naming_it(case, cli):
 
 
 @pytest.mark.parametrize("extra, name", [
+    (("--symmetry", "X7"), "X7"), (("--box", "4"), "--box"), (("--pad", "0"), "--pad"),
+    (("--ssnr", "-1"), "--ssnr"),
+])
+def test_bad_reconstruct_setting_is_refused_before_any_work(case, cli, extra, name):
+    star = case.dir / "hits.star"
+    star.write_text("data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n"
+                    "_rlnAngleRot #3\n_rlnAngleTilt #4\n_rlnAnglePsi #5\n"
+                    "_rlnMicrographName #6\n40 40 0 10 20 mic.mrc\n")
+    code, out, err = cli("reconstruct", "--hits", star, "--template", case.tpl,
+                         "--out", case.out, "--no-refine", "--quiet", *extra)
+    assert_refused(code, err, name)
+    assert not os.path.exists(case.out)
+
+
+@pytest.mark.parametrize("extra, name", [
     (("--workers", "-1"), "--workers"),
     (("--shards", "0"), "--shards"),
     (("--pixel-size", "0"), "--pixel-size"),

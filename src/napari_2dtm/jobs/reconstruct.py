@@ -58,7 +58,7 @@ from napari_2dtm.reconstruct.particles import (
     extract_particles,
     write_particles,
 )
-from napari_2dtm.reconstruct.reconstructor import Reconstruction, reconstruct
+from napari_2dtm.reconstruct.reconstructor import Reconstruction, reconstruct, symmetry_matrices
 from napari_2dtm.templates.load import template_at
 from napari_2dtm.templates.template import Template
 
@@ -102,6 +102,16 @@ class JobSettings:
     ssnr: float | None = None
     mask: str | None = "auto"
     omit_divisor: float = 10.0
+
+    def __post_init__(self):
+        # checked here, before any refinement, not when the map is inserted at the end
+        symmetry_matrices(self.symmetry)
+        if self.box is not None and not (isinstance(self.box, int) and self.box >= 16):
+            raise InputError(f"box (--box) must be a whole number of pixels >= 16, got {self.box}")
+        if not (isinstance(self.pad, int) and self.pad >= 1):
+            raise InputError(f"pad (--pad) must be a whole number >= 1, got {self.pad}")
+        if self.ssnr is not None and not (math.isfinite(self.ssnr) and self.ssnr > 0):
+            raise InputError(f"ssnr (--ssnr) must be > 0, got {self.ssnr}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
