@@ -75,7 +75,7 @@ from napari_2dtm.jobs.batch_folder import (
     batch_status,
     read_summary,
 )
-from napari_2dtm.jobs.search import run_search, save_results
+from napari_2dtm.jobs.search import linked_cancel, run_search, save_results
 from napari_2dtm.search.checkpoint import (
     checkpoint_path_for,
     identity_difference,
@@ -508,7 +508,8 @@ def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards, ca
                 futures.append(client.submit(merge_shards, job, parts, tpl_future, pure=False,
                                              key=f"merge-{job.name}"))
         by_key = {f.key: job for f, job in zip(futures, jobs)}
-        with _forward_cancel(cancel, Event(stop_name, client=client)):
+        # the main thread waits on results meanwhile: a watcher forwards the cancel
+        with linked_cancel(cancel, _set_quietly(Event(stop_name, client=client))):
             for fut in as_completed(futures):
                 if cancel is not None and cancel.is_set():
                     # The running searches saw the event: let them save their checkpoints
@@ -533,26 +534,9 @@ def _run_dask(jobs, finished, scheduler, workers, threads_per_worker, shards, ca
 CANCEL_GRACE_S = 25.0
 
 
-@contextlib.contextmanager
-def _forward_cancel(cancel: threading.Event | None, remote):
-    """Set the dask Event ``remote`` as soon as ``cancel`` is set, while the block runs
-    (the main thread is blocked waiting for results then)."""
-    if cancel is None:
-        yield
-        return
-    done = threading.Event()
-
-    def watch():
-        while not done.wait(0.1):
-            if cancel.is_set():
-                with contextlib.suppress(Exception):
-                    remote.set()
-                return
-
-    watcher = threading.Thread(target=watch, name="napari-2dtm batch cancel", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join()
+def _set_quietly(remote_event):
+    """``remote_event.set`` that never raises: the cluster may already be gone."""
+    def set_it():
+        with contextlib.suppress(Exception):
+            remote_event.set()
+    return set_it
