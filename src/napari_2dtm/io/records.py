@@ -27,6 +27,20 @@ def to_json(obj, **kwargs) -> str:
     return json.dumps(obj, default=json_default, **kwargs)
 
 
+def strict(obj):
+    """``obj`` with every non-finite float (``inf``, ``nan``) replaced by None, so the
+    record is strict JSON that any parser reads (Python's ``json`` writes ``Infinity``,
+    which JavaScript, ``jq`` and most others refuse). The reader treats None as "not
+    measured": e.g. a resolution where the FSC never crosses its threshold."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def plain(obj):
     """``obj`` as plain JSON values (a round trip through :func:`to_json`)."""
     return json.loads(to_json(obj))

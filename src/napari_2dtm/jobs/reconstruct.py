@@ -43,7 +43,7 @@ from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits
 from napari_2dtm.io.mrc import atomic_dir, output_lock, read_micrograph, write_mrc
-from napari_2dtm.io.records import json_default, plain
+from napari_2dtm.io.records import plain, strict
 from napari_2dtm.plots import draw_fsc
 from napari_2dtm.reconstruct.bias import (
     BiasReport,
@@ -518,5 +518,7 @@ def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, f
         write_mrc(folder / "omit_region_mask.mrc", region.astype(np.int8), px)
     _fsc_png(folder / "fsc.png", rec, omit_rec)
     # the marker last: a folder holding reconstruct.json is complete
-    (folder / "reconstruct.json").write_text(json.dumps(summary, indent=2, default=json_default))
+    # strict JSON: a resolution worse than the box is null there (inf in memory)
+    (folder / "reconstruct.json").write_text(json.dumps(strict(plain(summary)), indent=2,
+                                                        allow_nan=False))
     return JobResult(folder, rec, particles[""], omit_rec, bias, summary)
