@@ -51,3 +51,16 @@ def test_reconstruct_from_a_moved_project_and_another_cwd(moved_project, cli):
                        moved_project / "tpl.mrc", "--no-refine", "--out", out, "--quiet")
     assert code == 0, err
     assert (out / "reconstruct.json").is_file()
+
+
+def test_the_moved_project_finds_its_template_too(moved_project, cli):
+    """The template is recorded the same two ways: reconstruct needs no --template."""
+    meta = json.loads((moved_project / "results" / "search.json").read_text())
+    assert meta["template"]["source_relative"] == "../tpl.mrc"
+    view = ResultsFolder.open(moved_project / "results", maps=False)
+    assert view.template.source == str((moved_project / "tpl.mrc").resolve())
+    out = moved_project.parent / "rec_auto"
+    code, _, err = cli("reconstruct", "--results", moved_project / "results", "--no-refine",
+                       "--out", out, "--quiet")
+    assert code == 0, err
+    assert (out / "reconstruct.json").is_file()

@@ -12,7 +12,7 @@ of ``hits.star`` (its blocks are compared). The recorded micrograph path may
 differ in general (how each door was given the file); here all three name the same
 file, so it is compared too, as the path each folder resolves; the path relative to the
 folder (``micrograph_relative``) differs with where the folder is, and is compared as
-the file it resolves to.
+the file it resolves to; so is the template's (``template.source_relative``).
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ def test_the_three_doors_write_the_same_folder(folders):
         # the micrograph relative to the folder differs with where the folder is: the
         # same file, compared as the path it resolves to
         rel, rel_ref = meta.pop("micrograph_relative"), meta_ref.pop("micrograph_relative")
+        assert (folders[door] / rel).resolve() == (folders["cli"] / rel_ref).resolve(), door
+        # and so does the template's
+        rel = meta["template"].pop("source_relative")
+        rel_ref = meta_ref["template"].pop("source_relative")
         assert (folders[door] / rel).resolve() == (folders["cli"] / rel_ref).resolve(), door
         assert meta == meta_ref, door
         assert view.micrograph_path() == ref.micrograph_path() == (folders["cli"].parent / "mics"

@@ -94,6 +94,7 @@ class ResultsFolder:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"{meta_path}: not readable ({e})") from None
+        _find_moved_template(meta, folder)
         if not maps:
             return cls(SearchResult(maps={}, pixel_size_a=meta.get("search_pixel_size_a"),
                                     input_pixel_size_a=meta.get("input_pixel_size_a"),
@@ -331,10 +332,30 @@ def write_results(result, out_dir, overwrite: bool = False, micrograph_path=None
         meta = dict(result.metadata)
         meta["micrograph"] = recorded
         meta["micrograph_relative"] = relative
+        meta["template"] = _template_record(meta.get("template"), out_dir)
         meta["versions"] = _versions()
         meta["n_hits"] = len(hits)
         (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=json_default))
     return out_dir
+
+
+def _template_record(template: dict | None, out_dir: Path) -> dict | None:
+    """The template's record with a file source written as an absolute path and, as
+    ``source_relative``, relative to the results folder (the micrograph's rule), so a
+    moved or copied project still finds its template."""
+    if not template or not template.get("source") or not Path(template["source"]).is_file():
+        return template
+    absolute = str(Path(template["source"]).resolve())
+    return {**template, "source": absolute, "source_relative": _relative_to(absolute, out_dir)}
+
+
+def _find_moved_template(meta: dict, folder: Path) -> None:
+    """Point ``meta["template"]["source"]`` at the template file where it is now: the
+    recorded path, else ``source_relative`` from the folder (the project was moved)."""
+    t = meta.get("template") or {}
+    src, rel = t.get("source"), t.get("source_relative")
+    if src and not Path(src).is_file() and rel and (folder / rel).is_file():
+        t["source"] = str((folder / rel).resolve())
 
 
 def _relative_to(path: str, folder: Path) -> str | None:
