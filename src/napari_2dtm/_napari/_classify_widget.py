@@ -106,10 +106,7 @@ class ClassifyWidget(QWidget):
         self.template_rows = t.template_rows
         self.panel = JobPanel(title="Job folder", run_text="Classify", verb="Classification")
         p = self.panel
-        self.output_dir, self.overwrite = p.output_dir, p.overwrite
-        self.run_button, self.cancel_button = p.run_button, p.cancel_button
-        self.progress, self.status = p.progress, p.status
-        p.run_button.clicked.connect(self.run)
+        p.expose_on(self)  # output_dir, overwrite, run_button, ..., status; Run -> self.run
         p.started.connect(self.job_started.emit)
         p.progressed.connect(self._on_progress)
         p.returned.connect(self._on_returned)

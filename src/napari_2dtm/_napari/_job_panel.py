@@ -114,6 +114,16 @@ class JobPanel(QWidget):
         lay.addWidget(self.status)
         self._progress_from_worker.connect(self._on_progress)
 
+    #: the controls a job widget shows under its own names (tests and scripts use them)
+    CONTROLS = ("output_dir", "overwrite", "run_button", "cancel_button", "progress", "status")
+
+    def expose_on(self, widget) -> None:
+        """Give ``widget`` the panel's :data:`CONTROLS` as attributes of the same names, and
+        connect its Run button to ``widget.run``."""
+        for name in self.CONTROLS:
+            setattr(widget, name, getattr(self, name))
+        self.run_button.clicked.connect(widget.run)
+
     # ---------------------------------------------------------------- inputs
     def out_dir(self) -> Path:
         """The chosen output folder; :class:`InputError` if none is given, or if it exists

@@ -87,14 +87,7 @@ class ReconstructWidget(QWidget):
         self.map_layer = None
 
         self.panel = JobPanel(title="Job folder", run_text="Reconstruct", verb="Reconstruction")
-        # the panel's controls under the names tests and scripts use
-        self.output_dir = self.panel.output_dir
-        self.overwrite = self.panel.overwrite
-        self.run_button = self.panel.run_button
-        self.cancel_button = self.panel.cancel_button
-        self.progress = self.panel.progress
-        self.status = self.panel.status
-        self.run_button.clicked.connect(self.run)
+        self.panel.expose_on(self)  # output_dir, overwrite, run_button, ..., status; Run -> self.run
         self.panel.started.connect(self.job_started)
         self.panel.progressed.connect(self._on_progress)
         self.panel.returned.connect(self._on_returned)

@@ -62,20 +62,13 @@ class SearchWidget(SearchForm, QWidget):
         self._teaching_view = None
 
         self.panel = JobPanel("Results folder", "Run", verb="Search")
-        # the public names of the widget's run controls (tests and scripts use them)
-        self.output_dir = self.panel.output_dir
-        self.overwrite = self.panel.overwrite
-        self.run_button = self.panel.run_button
-        self.cancel_button = self.panel.cancel_button
-        self.progress = self.panel.progress
-        self.status = self.panel.status
+        self.panel.expose_on(self)  # output_dir, overwrite, run_button, ..., status; Run -> self.run
         self.teaching = QCheckBox("Teaching mode: slow, each step shown and explained")
         self.teaching.setToolTip("Runs the same search at a watchable pace and shows, beside "
                                  "the micrograph, each orientation's projection with its CTF, "
                                  "its cross-correlation, the MIP building up and (with a "
                                  "ground truth) live precision and recall")
         self.panel.options.addWidget(self.teaching)
-        self.run_button.clicked.connect(self.run)
         self.panel.started.connect(self.search_started)
         self.panel.progressed.connect(self._on_progress)
         self.panel.returned.connect(self._on_returned)
