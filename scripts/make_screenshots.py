@@ -67,32 +67,27 @@ def main() -> int:
 
     quiet_notifications()
     IMAGES.mkdir(parents=True, exist_ok=True)
-    if sys.argv[1:] == ["--only", "reconstruction"]:
+    # the pictures after the search, in order: (--only name, file, maker)
+    later = [("teaching", "teaching_mode.png", teaching_screenshot),
+             ("project", "project_panel.png", project_panel_screenshot),
+             ("reconstruction", "reconstruction.png", reconstruction_screenshot),
+             ("hits", "hits_review.png", hits_review_screenshot),
+             ("classification", "classification.png", classification_screenshot)]
+    only = {name: (png, make) for name, png, make in later if name != "teaching"}
+    if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
+        png, make = only[sys.argv[2]]
         with neutral_folder() as tmp:
-            return reconstruction_screenshot(IMAGES / "reconstruction.png", Path(tmp))
-    if sys.argv[1:] == ["--only", "hits"]:
-        with neutral_folder() as tmp:
-            return hits_review_screenshot(IMAGES / "hits_review.png", Path(tmp))
-    if sys.argv[1:] == ["--only", "classification"]:
-        with neutral_folder() as tmp:
-            return classification_screenshot(IMAGES / "classification.png", Path(tmp))
-    if sys.argv[1:] == ["--only", "project"]:
-        with neutral_folder() as tmp:
-            return project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp))
+            return make(IMAGES / png, tmp)
     with neutral_folder() as tmp:
         code = launch(
-            Path(tmp) / "results",
+            tmp / "results",
             live_screenshot=IMAGES / "search_live.png",
             done_screenshot=IMAGES / "search_done.png",
             quit_when_done=True,
         )
-        code = code or teaching_screenshot(IMAGES / "teaching_mode.png", Path(tmp) / "teaching")
-        code = code or project_panel_screenshot(IMAGES / "project_panel.png", Path(tmp) / "project")
-        code = code or reconstruction_screenshot(IMAGES / "reconstruction.png",
-                                                 Path(tmp) / "reconstruction")
-        code = code or hits_review_screenshot(IMAGES / "hits_review.png", Path(tmp) / "hits")
-        return code or classification_screenshot(IMAGES / "classification.png",
-                                                 Path(tmp) / "classification")
+        for name, png, make in later:
+            code = code or make(IMAGES / png, tmp / name)
+        return code
 
 
 def teaching_screenshot(png: Path, out_dir: Path) -> int:
@@ -299,7 +294,7 @@ def hits_review_screenshot(png: Path, work_dir: Path) -> int:
     for _ in search.run():
         pass
     folder = work_dir / "demo_2dtm"
-    save_results(search.result, folder, sim.image, sim.pixel_size_a, micrograph_name="2DTM demo")
+    save_results(search.result, folder, sim.image, micrograph_name="2DTM demo")
 
     viewer = _new_viewer("napari-2dtm hits review")
     viewer.open(str(folder), plugin="napari-2dtm")  # the Hits widget docks itself

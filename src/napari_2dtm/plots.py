@@ -37,6 +37,20 @@ def draw_fsc(ax, rec, omit=None) -> None:
     ax.set_title("FSC — not gold-standard (poses from the template)", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
 
+
+def save_fsc(rec, omit, path: Path) -> None:
+    """``fsc.png`` of a reconstruction folder: :func:`draw_fsc` on matplotlib's Agg
+    canvas (no GUI)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    draw_fsc(fig.add_subplot(111), rec, omit)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 # --------------------------------------------------------------------------------------
 # Classification
 # --------------------------------------------------------------------------------------

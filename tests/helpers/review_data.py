@@ -35,7 +35,7 @@ def demo_results():
     for _ in search.run():
         pass
     folder = _TMP / "demo_results"
-    save_results(search.result, folder, sim.image, sim.pixel_size_a, micrograph_name="2DTM demo")
+    save_results(search.result, folder, sim.image, micrograph_name="2DTM demo")
     return folder, search.result, sim
 
 

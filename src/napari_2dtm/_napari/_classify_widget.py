@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from napari_2dtm._napari._classify_classes import ClassesBox
 from napari_2dtm._napari._classify_templates import TemplateTable
 from napari_2dtm._napari._job_panel import JobPanel
+from napari_2dtm._napari._layers import hits_from_layer
 from napari_2dtm.classify.folder import write_class_stars
 from napari_2dtm.errors import InputError, one_line
 from napari_2dtm.jobs.classify import ClassifyInput, run_classify
@@ -42,19 +43,6 @@ from napari_2dtm.plots import CLASS_COLORS, UNASSIGNED_COLOR
 
 if TYPE_CHECKING:
     import napari
-
-
-def _hits_table(layer) -> pd.DataFrame:
-    """The hits of a points layer: those shown (and not rejected in a review)."""
-    t = pd.DataFrame(layer.features).reset_index(drop=True)
-    keep = np.ones(len(t), bool)
-    shown = np.asarray(getattr(layer, "shown", np.ones(len(t), bool)), bool)
-    if len(shown) == len(t) and shown.any():
-        keep &= shown
-    if "status" in t:
-        st = t["status"].astype(str).to_numpy()
-        keep = (st == "accepted") if (st == "accepted").any() else keep & (st != "rejected")
-    return t[keep].reset_index(drop=True)
 
 
 def _spin(box, lo, hi, value, decimals=None, prefix="", suffix=""):
@@ -207,15 +195,10 @@ class ClassifyWidget(QWidget):
         mics = [self.micrograph_combo.itemText(i) for i in range(self.micrograph_combo.count())]
         if inner in mics:
             self.micrograph_combo.setCurrentText(inner)
-        self.hits_info.setText(f"{len(_hits_table(layer))} hits from {name}")
+        self.hits_info.setText(f"{len(hits_from_layer(layer))} hits from {name}")
         folder = layer.metadata.get("napari_2dtm", {}).get("results_folder")
         if folder and not self.output_dir.text():
-            base = Path(folder).with_name(f"{Path(folder).name}_classification")
-            out, i = base, 1
-            while out.exists():
-                i += 1
-                out = base.with_name(f"{base.name}_{i}")
-            self.output_dir.setText(str(out))
+            self.panel.suggest_output(Path(folder).with_name(f"{Path(folder).name}_classification"))
 
     # ------------------------------------------------------------- parameters
     def _inputs(self) -> tuple[ClassifyInput, dict, dict]:
@@ -224,7 +207,7 @@ class ClassifyWidget(QWidget):
         layer = self.hits_layer()
         if layer is None:
             raise InputError("no hits layer (points with x, y, phi, theta, psi features)")
-        hits = _hits_table(layer)
+        hits = hits_from_layer(layer)
         if len(hits) == 0:
             raise InputError(f"{layer.name}: no hits to classify")
         mic = self.micrograph_layer()

@@ -32,15 +32,17 @@ def _new_viewer(title: str):
 def _focus_on_results(viewer, micrograph_name: str):
     """Show micrograph, SNR map and hits; everything else hidden."""
     from ._hits_dock import review_layer_name
+    from ._layers import hits_layer_name, map_layer_name
 
     for layer in viewer.layers:
         if layer.name.startswith(("template", "ground truth")):
             layer.visible = False
-    hits = f"hits [{micrograph_name}]"
+    hits = hits_layer_name(micrograph_name)
     review = review_layer_name(micrograph_name)
     # The Hits widget's review layer, when docked, draws the same hits: show one layer.
     shown = review if review in viewer.layers else hits
-    for name, visible in ((f"z-score [{micrograph_name}]", False), (f"SNR [{micrograph_name}]", True),
+    for name, visible in ((map_layer_name("zscore", micrograph_name), False),
+                          (map_layer_name("snr", micrograph_name), True),
                           (hits, shown == hits), (review, True)):
         if name in viewer.layers:
             viewer.layers[name].visible = visible
@@ -63,6 +65,8 @@ def launch(
     import napari
     from qtpy.QtCore import QTimer
 
+    from ._layers import map_layer_name
+
     viewer = _new_viewer("napari-2dtm demo")
     viewer.open_sample("napari-2dtm", "demo")
     _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Search")
@@ -75,7 +79,8 @@ def launch(
     def on_progress(p):
         if not state["live"] and p.fraction >= 0.5:
             state["live"] = True
-            viewer.layers.selection.active = viewer.layers[f"SNR [{widget.micrograph_combo.currentText()}]"]
+            snr = map_layer_name("snr", widget.micrograph_combo.currentText())
+            viewer.layers.selection.active = viewer.layers[snr]
             viewer.screenshot(str(live_screenshot), canvas_only=False)
             print(f"screenshot (live, {100 * p.fraction:.0f}%): {live_screenshot}")
 
@@ -106,10 +111,13 @@ def quiet_notifications() -> None:
 
 def screenshot_results(folder: str | Path, png: str | Path) -> None:
     """Open a results folder with the plugin's reader and save a window screenshot."""
+    from ._hits_dock import micrograph_name_of
+
     quiet_notifications()
     viewer = _new_viewer("napari-2dtm results")
     layers = viewer.open(str(folder), plugin="napari-2dtm")
-    mic = next((ly.name for ly in layers if ly.name.startswith("hits [")), "hits []")[6:-1]
+    mic = micrograph_name_of(next((ly.name for ly in layers if ly.name.startswith("hits [")),
+                                  "hits []"))
     _focus_on_results(viewer, mic)
     viewer.reset_view()
     viewer.screenshot(str(png), canvas_only=False)

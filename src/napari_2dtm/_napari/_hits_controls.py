@@ -32,9 +32,10 @@ from qtpy.QtWidgets import (
 from napari_2dtm.hits.review import METRICS
 from napari_2dtm.search.pvalue import FIXED_THRESHOLD
 
+from ._job_panel import ERROR_STYLE
+
 SLIDER_STEPS = 1000
 NO_MASK = "(none)"
-ERROR_STYLE = "color: #ff6b6b;"
 
 
 def spin_box(lo, hi, value, step, decimals, special=None, suffix="") -> QDoubleSpinBox:

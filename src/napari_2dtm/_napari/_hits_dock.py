@@ -18,8 +18,6 @@ from qtpy.QtCore import QTimer
 
 from napari_2dtm.errors import one_line
 
-ERROR_STYLE = "color: #ff6b6b;"
-
 
 def review_layer_name(micrograph_name: str) -> str:
     return f"hits review [{micrograph_name}]"
@@ -59,10 +57,10 @@ def review_when_finished(search_widget, hits_layer_name: str, result, folder) ->
         try:
             review_hits(viewer, hits_layer_name, result=result, folder=folder)
         except Exception as e:
-            status = search_widget.status
+            panel = search_widget.panel
             try:
-                status.setText(f"{status.text()} (review not opened: {one_line(e)})")
-                status.setStyleSheet(ERROR_STYLE)
+                panel.set_status(f"{panel.status.text()} (review not opened: {one_line(e)})",
+                                 error=True)
             except RuntimeError:  # the Search widget was closed meanwhile
                 pass
 

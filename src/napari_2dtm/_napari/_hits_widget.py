@@ -193,12 +193,11 @@ class HitsWidget(QWidget):
         self.review = review
         hits_layer.visible = False
         self._ensure_layer(hits_layer)
-        if review.exclusion is not None:
-            name = show_exclusion(self.viewer, review.exclusion, self.micrograph_name,
-                                  review.result.pixel_size_a)
-            self.refresh_layer_choices()
-            self.mask_combo.setCurrentText(name)
+        exclusion = None if review.exclusion is None else show_exclusion(
+            self.viewer, review.exclusion, self.micrograph_name, review.result.pixel_size_a)
         self.refresh_layer_choices()
+        if exclusion is not None:
+            self.mask_combo.setCurrentText(exclusion)
         self.detection.set_metrics(available_metrics(review.result), review.metric)
         self.extraction.show_settings(review.radius_px, review.floor)
         self.n_fp_spin.setValue(review.n_false_positives)

@@ -42,6 +42,8 @@ from napari_2dtm.errors import Cancelled, InputError, one_line
 
 #: Outcomes emitted by :attr:`JobPanel.finished`.
 OUTCOMES = ("done", "cancelled", "error")
+#: the style of a status line that reports an error
+ERROR_STYLE = "color: #ff6b6b;"
 
 
 class JobPanel(QWidget):
@@ -136,6 +138,15 @@ class JobPanel(QWidget):
             raise InputError(f"{text}: exists; tick 'replace' or choose another folder")
         return path
 
+    def suggest_output(self, base: Path) -> None:
+        """Fill the folder field with ``base``, or the first of ``base_2``, ``base_3``, ...
+        that does not exist."""
+        folder, i = base, 1
+        while folder.exists():
+            i += 1
+            folder = base.with_name(f"{base.name}_{i}")
+        self.output_dir.setText(str(folder))
+
     def _browse_output(self):
         d = QFileDialog.getExistingDirectory(self, "Output folder")
         if d:
@@ -206,7 +217,7 @@ class JobPanel(QWidget):
 
     def set_status(self, text: str, error: bool = False) -> None:
         self.status.setText(text)
-        self.status.setStyleSheet("color: #ff6b6b;" if error else "")
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
 
     # Everything below runs in the main thread (queued signals from the worker).
     def _on_progress(self, record):

@@ -103,6 +103,23 @@ def hits_layer_name(micrograph_name: str) -> str:
     return f"hits [{micrograph_name}]"
 
 
+def hits_from_layer(layer) -> pd.DataFrame:
+    """The hits a points layer holds (the Reconstruct and Classify widgets' input): the
+    accepted ones if any were accepted, else every point shown and not rejected."""
+    t = pd.DataFrame(layer.features).reset_index(drop=True)
+    keep = np.ones(len(t), bool)
+    shown = np.asarray(getattr(layer, "shown", np.ones(len(t), bool)), bool)
+    if len(shown) == len(t) and shown.any():
+        keep &= shown
+    if "status" in t:
+        status = t["status"].astype(str).to_numpy()
+        if (status == "accepted").any():
+            keep = status == "accepted"
+        else:
+            keep &= status != "rejected"
+    return t[keep].reset_index(drop=True)
+
+
 def points_layer(
     table: pd.DataFrame,
     pixel_size_a: float | None,

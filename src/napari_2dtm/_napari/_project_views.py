@@ -14,6 +14,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
+from ._hits_views import _style_axes
+
 COLUMNS = ["Micrograph", "Status", "Hits", "Classes"]
 STATUS_COLOR = {"done": "#3fbf5f", "failed": "#e05050", "interrupted": "#e0a030",
                 "pending": "#909090"}
@@ -101,11 +103,6 @@ class HitsPerImagePlot:
             ax.set_xticks(x, [str(s) for s in table["name"]], rotation=60, ha="right", fontsize=6)
         else:
             ax.set_xlabel("micrograph", fontsize=8)
-        ax.set_facecolor("#1f2026")
-        for sp in ax.spines.values():
-            sp.set_color("#8a8f99")
-        ax.tick_params(labelsize=7, colors="#d0d4dc")
-        for t in (ax.xaxis.label, ax.yaxis.label, ax.title):
-            t.set_color("#d0d4dc")
+        _style_axes(ax)
         ax.set_xlim(-0.6, max(n, 1) - 0.4)
         self.canvas.draw_idle()

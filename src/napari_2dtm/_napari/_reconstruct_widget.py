@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_2dtm._napari._job_panel import JobPanel
+from napari_2dtm._napari._layers import hits_from_layer
 from napari_2dtm._napari._plot_canvas import FSCPlot
 from napari_2dtm.errors import InputError
 from napari_2dtm.reconstruct.fsc import resolution_text
@@ -49,23 +50,6 @@ REFINE_MODES = {
     "none (poses as found)": "none",
 }
 SYMMETRIES = ["C1", "C2", "C3", "C4", "C6", "D2", "D3", "D7"]
-
-
-def hits_from_layer(layer) -> pd.DataFrame:
-    """The hits a points layer holds: accepted ones if any were accepted, else every
-    point shown and not rejected."""
-    t = pd.DataFrame(layer.features).reset_index(drop=True)
-    keep = np.ones(len(t), bool)
-    shown = np.asarray(getattr(layer, "shown", np.ones(len(t), bool)), bool)
-    if len(shown) == len(t) and shown.any():
-        keep &= shown
-    if "status" in t:
-        status = t["status"].astype(str).to_numpy()
-        if (status == "accepted").any():
-            keep = status == "accepted"
-        else:
-            keep &= status != "rejected"
-    return t[keep].reset_index(drop=True)
 
 
 class ReconstructWidget(QWidget):
@@ -231,12 +215,7 @@ class ReconstructWidget(QWidget):
         self.hits_info.setText(f"{n} hits to reconstruct from {layer.name}")
         folder = info.get("results_folder")
         if folder and not self.output_dir.text():
-            base = Path(folder).with_name(f"{Path(folder).name}_reconstruct")
-            out, i = base, 1
-            while out.exists():
-                i += 1
-                out = base.with_name(f"{base.name}_{i}")
-            self.output_dir.setText(str(out))
+            self.panel.suggest_output(Path(folder).with_name(f"{Path(folder).name}_reconstruct"))
 
     # ------------------------------------------------------------- parameters
     def settings(self):

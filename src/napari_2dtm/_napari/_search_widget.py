@@ -100,14 +100,9 @@ class SearchWidget(SearchForm, QWidget):
         if layer is None:
             return
         src = getattr(layer.source, "path", None)
-        base = Path(src).with_name(f"{Path(src).stem}_2dtm") if src else (
-            Path.cwd() / "2dtm_results" / layer.name.replace(" ", "_")
-        )
-        folder, i = base, 1
-        while folder.exists():
-            i += 1
-            folder = base.with_name(f"{base.name}_{i}")
-        self.output_dir.setText(str(folder))
+        self.panel.suggest_output(
+            Path(src).with_name(f"{Path(src).stem}_2dtm") if src
+            else Path.cwd() / "2dtm_results" / layer.name.replace(" ", "_"))
 
     # --------------------------------------------------------------- estimate
     def _connect_estimate_triggers(self):

@@ -22,13 +22,11 @@ import numpy as np
 import pandas as pd
 
 from napari_2dtm.errors import InputError
-from napari_2dtm.templates.load import load_template, template_suffix
+from napari_2dtm.templates.load import _MODEL_SUFFIXES, load_template, template_suffix
 from napari_2dtm.templates.template import Template
 
 __all__ = ["TemplateSet", "load_template_set", "check_templates", "template_alignment",
            "default_name"]
-
-_MODEL_SUFFIXES = (".pdb", ".cif", ".mmcif", ".ent")
 
 
 def _safe_name(text: str) -> str:
@@ -124,17 +122,18 @@ def load_template_set(
         if sel and not _is_model(src):
             raise InputError(f"{src}: an atom selection needs an atomic model (.pdb/.cif), not a map")
     kw = {} if bfactor_a2 is None else {"bfactor_a2": float(bfactor_a2)}
+    auto = {}  # models at their automatic box; kept when that is the common box
     if box is None:
-        boxes = []
-        for src, sel in zip(sources, selections):
-            if _is_model(src):
-                boxes.append(load_template(src, pixel_size_a, selection=sel, center="model", **kw).box)
-        box = max(boxes) if boxes else None
+        auto = {i: load_template(src, pixel_size_a, selection=sel, center="model", **kw)
+                for i, (src, sel) in enumerate(zip(sources, selections)) if _is_model(src)}
+        box = max((t.box for t in auto.values()), default=None)
     templates = []
-    for src, sel in zip(sources, selections):
+    for i, (src, sel) in enumerate(zip(sources, selections)):
         if _is_model(src):
-            templates.append(load_template(src, pixel_size_a, selection=sel, center="model",
-                                           box=box, **kw))
+            t = auto.get(i)
+            if t is None or t.box != box:
+                t = load_template(src, pixel_size_a, selection=sel, center="model", box=box, **kw)
+            templates.append(t)
         else:
             templates.append(load_template(src))
     if names is None:

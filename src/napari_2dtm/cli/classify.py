@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from napari_2dtm.classify.folder import MARKER, WHAT
+from napari_2dtm.cli._options import add_ctf_options, ctf_from_args
 from napari_2dtm.core.ctf import CTFParams, read_ctffind
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import check_output, output_lock, read_micrograph
@@ -76,10 +77,7 @@ def _ctf(args) -> CTFParams:
     if args.defocus1 is None:
         raise InputError("no CTF: give --defocus1 (A) or --ctffind FILE (a results folder "
                          "carries its own)")
-    return CTFParams(defocus1_a=args.defocus1, defocus2_a=args.defocus2,
-                     astigmatism_angle_deg=args.astigmatism_angle, voltage_kv=args.voltage,
-                     cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
-                     phase_shift_deg=args.phase_shift)
+    return ctf_from_args(args)
 
 
 def _selections(args, n: int) -> list:
@@ -201,15 +199,7 @@ def register(sub) -> None:
     g.add_argument("--defocus-step", type=float, default=100.0, metavar="A", help="defocus step in A (default: 100)")
     g.add_argument("--high-res-limit", type=float, default=None, metavar="A",
                    help="resolution limit in A (default: the search's)")
-    c = p.add_argument_group("CTF (only with --micrograph/--hits, or to override a results folder's)")
-    c.add_argument("--ctffind", type=Path, default=None, metavar="FILE", help="CTFFIND4/5 output .txt")
-    c.add_argument("--defocus1", type=float, default=None, metavar="A", help="defocus 1 in A")
-    c.add_argument("--defocus2", type=float, default=None, metavar="A", help="defocus 2 in A (default = defocus 1)")
-    c.add_argument("--astigmatism-angle", type=float, default=0.0, metavar="DEG", help="astigmatism azimuth in degrees (default: 0)")
-    c.add_argument("--voltage", type=float, default=300.0, metavar="KV", help="acceleration voltage in kV (default: 300)")
-    c.add_argument("--cs", type=float, default=2.7, metavar="MM", help="spherical aberration in mm (default: 2.7)")
-    c.add_argument("--amplitude-contrast", type=float, default=0.07, metavar="FRAC", help="amplitude contrast (default: 0.07)")
-    c.add_argument("--phase-shift", type=float, default=0.0, metavar="DEG", help="additional phase shift in degrees (default: 0)")
+    add_ctf_options(p, "CTF (only with --micrograph/--hits, or to override a results folder's)")
     p.add_argument("--out", "-o", required=True, type=Path, help="classification folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing classification folder")
     p.set_defaults(func=run)

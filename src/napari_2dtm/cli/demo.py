@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from napari_2dtm.errors import InputError
-from napari_2dtm.search.results import MARKER, ResultsFolder
+from napari_2dtm.search.results import ResultsFolder, results_dir_problem
 
 
 def register(subparsers) -> None:
@@ -56,9 +56,9 @@ def has_display() -> bool:
 def _results_dir(out: Path) -> Path:
     """``out/results``; an existing folder is replaced only if it is a results folder."""
     folder = out / "results"
-    if folder.exists() and not (folder / MARKER).is_file():
-        raise InputError(f"{folder}: exists and is not a napari-2dtm results folder; "
-                         "choose another --out")
+    problem = results_dir_problem(folder, overwrite=True)
+    if problem:
+        raise InputError(problem)
     return folder
 
 

@@ -90,7 +90,7 @@ def register(sub) -> None:
 def _templates(args, first):
     """``(template, omit template or None)``: --template (None: the job takes the search's
     from search.json) and --omit-template / --omit-selection."""
-    from napari_2dtm.templates.load import load_template, template_suffix
+    from napari_2dtm.templates.load import _MODEL_SUFFIXES, load_template, template_suffix
 
     px = first.pixel_size_a
     if args.template is None:
@@ -99,7 +99,7 @@ def _templates(args, first):
         template = None
     else:
         kw = {}
-        is_model = template_suffix(args.template) in (".pdb", ".cif", ".mmcif", ".ent")
+        is_model = template_suffix(args.template) in _MODEL_SUFFIXES
         if (args.selection or args.omit_selection) and not is_model:
             raise InputError(f"{args.template}: --selection / --omit-selection need an atomic model")
         if args.selection:

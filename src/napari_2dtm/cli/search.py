@@ -10,10 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-from napari_2dtm.core.ctf import CTFParams, read_ctffind
+from napari_2dtm.cli._options import add_ctf_options, ctf_from_args
+from napari_2dtm.core.ctf import read_ctffind
 from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.io.micrographs import read_micrograph_with_ctf
-from napari_2dtm.io.mrc import check_output, output_lock
+from napari_2dtm.io.mrc import output_lock
 from napari_2dtm.jobs.search import HITS_METRICS, SearchStarted, run_search
 from napari_2dtm.search.checkpoint import checkpoint_path_for, read_state
 from napari_2dtm.search.config import SearchConfig
@@ -32,16 +33,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                         "is resampled to it in Fourier space")
     g.add_argument("--bfactor", type=float, default=None, metavar="A2",
                    help="B-factor (A^2) added to all atoms when the template is a model")
-    c = p.add_argument_group("CTF (cisTEM/RELION convention; positive defocus = underfocus)")
-    c.add_argument("--ctffind", type=Path, default=None, metavar="FILE",
-                   help="CTFFIND4/5 output .txt: defoci, astigmatism, phase shift, kV, Cs, AC")
-    c.add_argument("--defocus1", type=float, default=10000.0, metavar="A", help="defocus 1 in A (default 10000)")
-    c.add_argument("--defocus2", type=float, default=None, metavar="A", help="defocus 2 in A (default = defocus 1)")
-    c.add_argument("--astigmatism-angle", type=float, default=0.0, metavar="DEG", help="astigmatism azimuth in degrees")
-    c.add_argument("--voltage", type=float, default=300.0, metavar="KV", help="acceleration voltage in kV (300)")
-    c.add_argument("--cs", type=float, default=2.7, metavar="MM", help="spherical aberration in mm (2.7)")
-    c.add_argument("--amplitude-contrast", type=float, default=0.07, metavar="FRAC", help="amplitude contrast (0.07)")
-    c.add_argument("--phase-shift", type=float, default=0.0, metavar="DEG", help="additional phase shift in degrees")
+    add_ctf_options(p, "CTF (cisTEM/RELION convention; positive defocus = underfocus)",
+                    defocus1_a=10000.0,
+                    ctffind_help="CTFFIND4/5 output .txt: defoci, astigmatism, phase shift, kV, "
+                                 "Cs, AC")
     s = p.add_argument_group("search space")
     s.add_argument("--out-of-plane-step", type=float, default=2.5, metavar="DEG", help="theta/phi step in degrees (2.5)")
     s.add_argument("--in-plane-step", type=float, default=1.5, metavar="DEG", help="psi step in degrees (1.5)")
@@ -81,10 +76,7 @@ def config_from_args(args) -> tuple[SearchConfig, float | None]:
     if args.ctffind is not None:
         ctf, px_from_ctffind = read_ctffind(args.ctffind)
     else:
-        ctf = CTFParams(defocus1_a=args.defocus1, defocus2_a=args.defocus2,
-                        astigmatism_angle_deg=args.astigmatism_angle, voltage_kv=args.voltage,
-                        cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
-                        phase_shift_deg=args.phase_shift)
+        ctf = ctf_from_args(args)
     cfg = SearchConfig(
         ctf=ctf, out_of_plane_step_deg=args.out_of_plane_step, in_plane_step_deg=args.in_plane_step,
         symmetry=args.symmetry, defocus_range_a=args.defocus_range, defocus_step_a=args.defocus_step,
@@ -134,10 +126,10 @@ def cancel_on_signals(cancel: threading.Event):
 
 def run(args) -> int:
     out = Path(args.out)
-    problem = results_dir_problem(out, args.overwrite)
+    problem = results_dir_problem(out, args.overwrite,
+                                  inputs=(args.micrograph, args.template, args.ctffind))
     if problem:
         raise InputError(problem)
-    check_output(out, overwrite=True, inputs=(args.micrograph, args.template, args.ctffind))
     # Held until the folder is written: a second search on this --out (which would share
     # the checkpoint and replace this folder) is refused in one line.
     with output_lock(out):

@@ -77,6 +77,7 @@ from napari_2dtm.jobs.batch_folder import (
 )
 from napari_2dtm.jobs.search import linked_cancel, run_search, save_results
 from napari_2dtm.search.checkpoint import (
+    array_digest,
     checkpoint_path_for,
     identity_difference,
     load_partial,
@@ -96,7 +97,6 @@ from napari_2dtm.templates.template import Template
 
 __all__ = ["find_micrographs", "micrograph_name", "CTFSource", "BatchJob", "run_batch",
            "read_summary", "batch_status", "SUMMARY_COLUMNS", "MICROGRAPH_SUFFIXES"]
-
 
 
 # ------------------------------------------------------------------ the jobs
@@ -273,8 +273,6 @@ def _batch_identity(config: SearchConfig, template: Template, template_source) -
     d = config.to_dict()
     for k in _RUNTIME_FIELDS | {"ctf"}:
         d.pop(k, None)  # the CTF is per micrograph
-    from napari_2dtm.search.checkpoint import array_digest  # noqa: PLC0415
-
     return {"config": json.loads(json.dumps(d, default=str)),
             "template": str(template_source) if template_source else array_digest(template.volume)}
 
@@ -412,7 +410,7 @@ def _initial_template(template, mics, ctf, pixel_size_a, tkw):
     if isinstance(template, Template):
         return template
     px = pixel_size_a
-    if px is None and (_is_model(str(template)) if not isinstance(template, np.ndarray) else True):
+    if px is None and (isinstance(template, np.ndarray) or _is_model(str(template))):
         for m in mics:
             try:
                 px = ctf.for_micrograph(m)[1] or read_micrograph(m)[1]

@@ -44,7 +44,7 @@ from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits
 from napari_2dtm.io.mrc import atomic_dir, output_lock, read_micrograph, write_mrc
 from napari_2dtm.io.records import plain, strict
-from napari_2dtm.plots import draw_fsc
+from napari_2dtm.plots import save_fsc
 from napari_2dtm.reconstruct.bias import (
     BiasReport,
     difference_mask,
@@ -196,22 +196,22 @@ def _search_ctf(result) -> CTFParams | None:
 
     return ResultsFolder.of(result).ctf if (result.metadata or {}).get("config") else None
 
+
 def micrographs_from_star(star, micrographs: Sequence | None = None,
                           pixel_size_a: float | None = None) -> list[MicrographInput]:
     """Hits from a STAR file (ours or RELION 5: optics + particles with coordinates,
     angles and defoci), grouped by ``rlnMicrographName``; micrographs are found next to
     the STAR file unless given (in the order of their first appearance)."""
-    import starfile  # noqa: PLC0415
-
-    from napari_2dtm.io.star import STAR_COLUMNS, check_hits, optics_ctf, star_value  # noqa: PLC0415
+    from napari_2dtm.io.star import (  # noqa: PLC0415
+        STAR_COLUMNS,
+        check_hits,
+        optics_ctf,
+        read_star,
+        star_value,
+    )
 
     star = Path(star)
-    if not star.exists():
-        raise InputError(f"{star}: file not found")
-    try:
-        blocks = starfile.read(star, always_dict=True)
-    except Exception as e:  # parser errors vary
-        raise InputError(f"{star}: not a readable STAR file ({type(e).__name__})") from None
+    blocks = read_star(star)
     parts = blocks.get("particles", next(iter(blocks.values()), None))
     if not isinstance(parts, pd.DataFrame) or "rlnCoordinateX" not in parts:
         raise InputError(f"{star}: no particles block with rlnCoordinateX/Y")
@@ -315,18 +315,6 @@ def _selected(m: MicrographInput, s: JobSettings) -> pd.DataFrame:
     if s.score_column not in h:
         raise InputError(f"{m.name}: hits have no {s.score_column!r} column to select on")
     return h[h[s.score_column] >= s.min_score].reset_index(drop=True)
-
-
-def _fsc_png(path: Path, rec: Reconstruction, omit: Reconstruction | None):
-    """FSC curves as a PNG (matplotlib's Agg canvas, no GUI)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    draw_fsc(fig.add_subplot(111), rec, omit)
-    fig.tight_layout()
-    fig.savefig(path)
 
 
 def _write_rec(folder: Path, prefix: str, rec: Reconstruction):
@@ -516,7 +504,7 @@ def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, f
             folder / f"{prefix}refined_hits.csv", index=False, float_format="%.6g")
     if region is not None:
         write_mrc(folder / "omit_region_mask.mrc", region.astype(np.int8), px)
-    _fsc_png(folder / "fsc.png", rec, omit_rec)
+    save_fsc(rec, omit_rec, folder / "fsc.png")
     # the marker last: a folder holding reconstruct.json is complete
     # strict JSON: a resolution worse than the box is null there (inf in memory)
     (folder / "reconstruct.json").write_text(json.dumps(strict(plain(summary)), indent=2,

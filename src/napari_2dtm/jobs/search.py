@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from napari_2dtm.errors import Cancelled, InputError
-from napari_2dtm.io.mrc import check_output, output_lock
+from napari_2dtm.io.mrc import output_lock
 from napari_2dtm.search.config import check_threshold
 from napari_2dtm.search.engine import Search
 from napari_2dtm.search.results import results_dir_problem, write_results
@@ -51,6 +51,12 @@ class SearchStarted:
     image_shape: tuple[int, int]
     device: str
     search: Search
+
+    @classmethod
+    def of(cls, search: Search) -> SearchStarted:
+        """The record of a :class:`~napari_2dtm.search.engine.Search` about to run."""
+        return cls(search.n_orientations, search.n_planes, search.n_cc_total,
+                   search.pixel_size_a, tuple(search.image_shape), search.backend.name, search)
 
 
 @contextlib.contextmanager
@@ -112,14 +118,14 @@ def detect_hits(result, metric: str = "zscore", threshold: float | None = None,
     return float(threshold)
 
 
-def save_results(result, out_dir, image=None, pixel_size_a=None, micrograph_path=None,
+def save_results(result, out_dir, image=None, micrograph_path=None,
                  micrograph_name="micrograph", overwrite=False, *, metric: str = "zscore",
                  threshold: float | None = None) -> Path:
     """The last step of every search job: detect the hits, write the results folder.
 
     With no ``micrograph_path`` the ``image`` is saved in the folder as
     ``input/<micrograph_name>.mrc`` (recorded in ``search.json``), so the folder opens
-    complete in napari. ``pixel_size_a`` is unused (the result has it); kept for callers.
+    complete in napari.
     """
     detect_hits(result, metric, threshold, source=str(micrograph_path or micrograph_name))
     if micrograph_path:
@@ -165,11 +171,10 @@ def run_search(image, pixel_size_a: float, template, config, out_dir, *,
 def _run_search_locked(image, pixel_size_a, template, config, out_dir, micrograph_path,
                        micrograph_name, overwrite, metric, threshold, checkpoint, restart,
                        template_kwargs, progress, cancel):
-    problem = results_dir_problem(out_dir, overwrite)
+    template_file = template if isinstance(template, (str, Path)) else None
+    problem = results_dir_problem(out_dir, overwrite, inputs=(micrograph_path, template_file))
     if problem:
         raise InputError(problem)
-    template_file = template if isinstance(template, (str, Path)) else None
-    check_output(out_dir, overwrite=True, inputs=(micrograph_path, template_file))
     if cancel is not None and cancel.is_set():
         raise Cancelled("search cancelled")
     search = Search(image, pixel_size_a, template, config, template_kwargs=template_kwargs,
@@ -179,17 +184,15 @@ def _run_search_locked(image, pixel_size_a, template, config, out_dir, micrograp
         Path(checkpoint).unlink(missing_ok=True)
         search.checkpoint_path = Path(checkpoint)
     if progress is not None:
-        progress(SearchStarted(search.n_orientations, search.n_planes, search.n_cc_total,
-                               search.pixel_size_a, tuple(search.image_shape),
-                               search.backend.name, search))
+        progress(SearchStarted.of(search))
     with linked_cancel(cancel, search.cancel):
         for record in search.run():
             if progress is not None:
                 progress(record)
     if cancel is not None and cancel.is_set():
         raise Cancelled("search cancelled")  # set during the last batch: keep nothing
-    folder = save_results(search.result, out_dir, image, pixel_size_a, micrograph_path,
-                          micrograph_name, overwrite, metric=metric, threshold=threshold)
+    folder = save_results(search.result, out_dir, image, micrograph_path, micrograph_name,
+                          overwrite, metric=metric, threshold=threshold)
     search.remove_checkpoint()
     return search.result, Path(folder)
 

@@ -343,14 +343,13 @@ def run_teaching(image, pixel_size_a: float, template, config, out_dir, *,
                              **{**PACE, **(pace or {})})
     s = teacher.search
     if progress is not None:
-        progress(SearchStarted(s.n_orientations, s.n_planes, s.n_cc_total, s.pixel_size_a,
-                               tuple(s.image_shape), s.backend.name, s))
+        progress(SearchStarted.of(s))
     with linked_cancel(cancel, teacher.cancel):
         for step in teacher.steps():
             if progress is not None:
                 progress(step)
     if cancel is not None and cancel.is_set():
         raise Cancelled("search cancelled")
-    folder = save_results(teacher.result, out_dir, image, pixel_size_a, micrograph_path,
-                          micrograph_name, overwrite)
+    folder = save_results(teacher.result, out_dir, image, micrograph_path, micrograph_name,
+                          overwrite)
     return teacher.result, Path(folder)

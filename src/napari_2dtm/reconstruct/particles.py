@@ -31,7 +31,7 @@ import starfile
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_path, read_mrc, write_mrc
-from napari_2dtm.io.star import OPTICS_CTF, optics_columns
+from napari_2dtm.io.star import OPTICS_CTF, optics_columns, read_star
 
 __all__ = ["ParticleSet", "extract_particles", "concat_particles", "write_particles",
            "read_particles", "PARTICLE_STAR_COLUMNS"]
@@ -60,7 +60,6 @@ PARTICLE_STAR_COLUMNS = {
     "zscore_search": "rln2dtmSearchZScore",
     "snr_search": "rln2dtmSearchSNR",
 }
-_OPTICS_CTF = OPTICS_CTF  # the one optics <-> CTF mapping (io.star)
 
 
 @dataclasses.dataclass
@@ -242,12 +241,7 @@ def write_particles(ps: ParticleSet, star_path, stack_name: str | None = None,
 def read_particles(star_path) -> ParticleSet:
     """Read a particle STAR (this module's or RELION's) and the images it names."""
     star_path = Path(star_path)
-    if not star_path.exists():
-        raise InputError(f"{star_path}: file not found")
-    try:
-        data = starfile.read(star_path, always_dict=True)
-    except Exception as e:  # starfile raises various parser errors on junk
-        raise InputError(f"{star_path}: not a readable STAR file ({type(e).__name__})") from None
+    data = read_star(star_path)
     parts = data.get("particles")
     if parts is None or "rlnImageName" not in parts:
         raise InputError(f"{star_path}: no data_particles block with rlnImageName")
@@ -257,7 +251,7 @@ def read_particles(star_path) -> ParticleSet:
     if optics is not None and "rlnOpticsGroup" in parts:
         o = optics.set_index("rlnOpticsGroup")
         g = parts["rlnOpticsGroup"].to_numpy()
-        for col, label in {**_OPTICS_CTF, "pixel_size_a": "rlnImagePixelSize"}.items():
+        for col, label in {**OPTICS_CTF, "pixel_size_a": "rlnImagePixelSize"}.items():
             if label in o:
                 t[col] = o.loc[g, label].to_numpy(np.float64)
     names = parts["rlnImageName"].astype(str).to_numpy()

@@ -37,7 +37,13 @@ import pandas as pd
 
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import InputError
-from napari_2dtm.io.mrc import atomic_dir, read_micrograph, read_mrc, write_mrc
+from napari_2dtm.io.mrc import (
+    atomic_dir,
+    output_problem,
+    read_micrograph,
+    read_mrc,
+    write_mrc,
+)
 from napari_2dtm.io.records import json_default
 from napari_2dtm.io.star import write_hits
 
@@ -276,21 +282,13 @@ def _versions() -> dict:
     return out
 
 
-def results_dir_problem(out_dir, overwrite: bool = False) -> str | None:
-    """Why ``out_dir`` cannot receive a results folder (None: it can). The same rules as
+def results_dir_problem(out_dir, overwrite: bool = False, inputs=()) -> str | None:
+    """Why ``out_dir`` cannot receive a results folder (None: it can): the rules
     :func:`~napari_2dtm.io.mrc.atomic_dir` applies when writing, checked before a search
-    starts so that a long search is not run for nothing."""
-    out_dir = Path(out_dir)
-    if not out_dir.exists():
-        return None
-    if not out_dir.is_dir():
-        return f"{out_dir}: exists and is not a folder; choose another output"
-    if not (out_dir / MARKER).is_file():
-        return (f"{out_dir}: exists and is not a napari-2dtm results folder (no {MARKER}); "
-                "refusing to replace it, choose another output")
-    if not overwrite:
-        return f"{out_dir}: results folder exists; use --overwrite to replace it"
-    return None
+    starts so that a long search is not run for nothing. inputs: the run's input files;
+    a folder holding one is refused even with ``overwrite``."""
+    return (output_problem(out_dir, overwrite=overwrite, marker=MARKER, what="results folder")
+            or output_problem(out_dir, overwrite=True, inputs=inputs))
 
 
 def input_copy_name(micrograph_name: str) -> str:
