@@ -10,7 +10,9 @@ same search in teaching mode (``teaching_mode.png``); then a small batch reviewe
 reconstruction job in the 2DTM Reconstruct widget (``reconstruction.png``; ``--only
 reconstruction``); then the demo's results reviewed in the 2DTM Hits widget
 (``hits_review.png``; ``--only hits``); then two states told apart in the 2DTM Classify
-widget (``classification.png``; ``--only classification``). One run makes them all and exits.
+widget (``classification.png``; ``--only classification``); then a Leopard-EM and a cisTEM
+results folder opened for review (``foreign_leopard.png``, ``foreign_cistem.png``;
+``--only foreign-leopard`` / ``--only foreign-cistem``). One run makes them all and exits.
 Without a display it re-runs itself under ``xvfb-run``. Everything is made in one fixed,
 neutral working folder (``<temp>/napari-2dtm-demo``, removed afterwards), so the paths the
 widgets show in the pictures name no checkout and no random temporary folder. Qt6
@@ -20,6 +22,7 @@ widgets show in the pictures name no checkout and no random temporary folder. Qt
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -72,7 +75,11 @@ def main() -> int:
              ("project", "project_panel.png", project_panel_screenshot),
              ("reconstruction", "reconstruction.png", reconstruction_screenshot),
              ("hits", "hits_review.png", hits_review_screenshot),
-             ("classification", "classification.png", classification_screenshot)]
+             ("classification", "classification.png", classification_screenshot),
+             ("foreign-leopard", "foreign_leopard.png", functools.partial(
+                 foreign_screenshot, "leopard")),
+             ("foreign-cistem", "foreign_cistem.png", functools.partial(
+                 foreign_screenshot, "cistem"))]
     only = {name: (png, make) for name, png, make in later if name != "teaching"}
     if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in only:
         png, make = only[sys.argv[2]]
@@ -327,6 +334,42 @@ def hits_review_screenshot(png: Path, work_dir: Path) -> int:
         QTimer.singleShot(200, viewer.close)
 
     QTimer.singleShot(1500, curate)
+    napari.run()
+    return state["code"]
+
+
+def foreign_screenshot(program: str, png: Path, work_dir: Path) -> int:
+    """A cisTEM or Leopard-EM results folder (written in the program's format by the
+    tests' helper, planted particles) opened in napari: micrograph, z-score map and hits,
+    the 2DTM Hits widget docked (foreign_leopard.png, foreign_cistem.png;
+    ``--only foreign-leopard`` / ``--only foreign-cistem``)."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.foreign_data import cistem_folder, leopard_folder
+    from napari_2dtm._napari._demo import _new_viewer
+    from napari_2dtm.search.foreign import propose, save_spec
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    folder, _ = (leopard_folder if program == "leopard" else cistem_folder)(work_dir)
+    save_spec(folder, propose(folder))  # the dialog's answers, as proposed
+    viewer = _new_viewer(f"napari-2dtm: {program} results")
+    viewer.open(str(folder), plugin="napari-2dtm")  # the Hits widget docks itself
+    state = {"code": 1}
+
+    def shoot():
+        widget = viewer.window.dock_widgets.get("2DTM Hits (napari-2dtm)")
+        if widget is None or widget.review is None:
+            print(f"{program}: the Hits widget did not dock")
+        else:
+            viewer.reset_view()
+            viewer.screenshot(str(png), canvas_only=False)
+            print(f"screenshot ({program} results): {png}")
+            state["code"] = 0
+        QTimer.singleShot(200, viewer.close)
+
+    QTimer.singleShot(2500, shoot)
     napari.run()
     return state["code"]
 

@@ -44,4 +44,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 echo "setup: installing napari-2dtm (editable) with its dev tools"
 "$PY" -m pip install -q --upgrade "pip>=25.1"
 "$PY" -m pip install -q -e . --group dev
+# The optional fast FFT libraries (pyFFTW; mkl_fft on x86-64), so the suite tests them
+# too; where they do not install, the engine uses scipy's pocketfft, which is tested as well.
+"$PY" -m pip install -q -e '.[fast]' \
+  || echo "setup: the optional 'fast' FFT libraries did not install; using pocketfft" >&2
 echo "$want" >"$stamp"

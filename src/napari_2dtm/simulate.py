@@ -276,6 +276,9 @@ def simulate_micrograph(
     keep_hydrogens: bool = False,
     keep_waters: bool = False,
     template_box: int | None = None,
+    extra_phase: np.ndarray | None = None,
+    forbidden: np.ndarray | None = None,
+    noise_gradient: float | None = None,
 ) -> SimulationResult:
     """Simulate a micrograph of randomly placed, randomly oriented particles.
 
@@ -306,6 +309,14 @@ def simulate_micrograph(
     bfactor_a2 : B-factor of all atoms, for particles and templates alike.
     return_clean : also return the noise-free image.
     template_box : box of the class templates (default: automatic from the model).
+    extra_phase : ``(ny, nx)`` phase (rad) of everything that is not a particle
+        (non-target proteins, membranes, contamination: :mod:`napari_2dtm.scenes`), imaged
+        through the same CTF; it does not enter the SNR's particle signal variance.
+    forbidden : ``(ny, nx)`` bool, where no particle may lie (footprints never overlap it).
+    noise_gradient : Gaussian noise only: the noise sigma grows linearly along x by this
+        fraction (e.g. 0.4: 0.8x at the left edge to 1.2x at the right), the extra
+        inelastic and multiple scattering of a thicker lamella; ``snr_matched`` uses the
+        local sigma.
     """
     px = float(pixel_size_a)
     if not (math.isfinite(px) and px > 0):
@@ -377,6 +388,10 @@ def simulate_micrograph(
     sig_e = interaction_constant(ctf.voltage_kv)
 
     occupied = np.zeros((ny, nx), dtype=np.float32)
+    if forbidden is not None:
+        if np.shape(forbidden) != (ny, nx):
+            raise InputError(f"forbidden mask of shape {np.shape(forbidden)} does not match {shape}")
+        occupied[np.asarray(forbidden, bool)] = 1.0
     centres = []
     rows = []
     projections = []
@@ -471,6 +486,13 @@ def simulate_micrograph(
         ice = _lowpass_noise(rng, (cy, cx), px, float(ice_length_a)) * ice_rms
         contrast_ice = sfft.irfft2(sfft.rfft2(ice, workers=-1) * ctf_full, s=(cy, cx), workers=-1)
         contrast += contrast_ice[pad_y0 : pad_y0 + ny, pad_x0 : pad_x0 + nx]
+    if extra_phase is not None:
+        if np.shape(extra_phase) != (ny, nx):
+            raise InputError(f"extra phase of shape {np.shape(extra_phase)} does not match {shape}")
+        extra_p = np.zeros((cy, cx), np.float64)
+        extra_p[pad_y0 : pad_y0 + ny, pad_x0 : pad_x0 + nx] = extra_phase
+        contrast_x = sfft.irfft2(sfft.rfft2(extra_p, workers=-1) * ctf_full, s=(cy, cx), workers=-1)
+        contrast += contrast_x[pad_y0 : pad_y0 + ny, pad_x0 : pad_x0 + nx]
     intensity = 1.0 + contrast
     if thickness_gradient:
         ramp = 1.0 + float(thickness_gradient) * (np.arange(nx) / max(nx - 1, 1) - 0.5)
@@ -479,6 +501,9 @@ def simulate_micrograph(
 
     signal_var = float(contrast_p[in_box].var()) if in_box.any() else 0.0
     noise_sigma = None
+    noise_ramp = np.ones(nx)
+    if noise_gradient and snr is not None:
+        noise_ramp = 1.0 + float(noise_gradient) * (np.arange(nx) / max(nx - 1, 1) - 0.5)
     if exposure_e_per_a2 is not None:
         mean_counts = float(exposure_e_per_a2) * px * px
         clean = mean_counts * intensity
@@ -492,18 +517,21 @@ def simulate_micrograph(
             if signal_var <= 0:
                 raise InputError("cannot set an SNR without particles (the signal variance is zero)")
             noise_sigma = math.sqrt(signal_var / float(snr))
-            image = (clean + rng.normal(0.0, noise_sigma, size=clean.shape)).astype(np.float32)
+            noise = rng.normal(0.0, noise_sigma, size=clean.shape)
+            if noise_gradient:
+                noise *= noise_ramp[None, :]
+            image = (clean + noise).astype(np.float32)
         else:
             image = clean.astype(np.float32)
 
     # Matched-filter SNR of each particle alone: ||CTF-filtered particle|| / sigma.
     snr_matched = []
-    for proj, m in projections:
+    for (proj, m), (_y0, x0) in zip(projections, centres):
         if noise_sigma is None:
             snr_matched.append(float("nan"))
             continue
         s = _isolated_contrast(proj * sig_e, m, ctf, px)
-        snr_matched.append(float(signal_scale * np.sqrt((s**2).sum()) / noise_sigma))
+        snr_matched.append(float(signal_scale * np.sqrt((s**2).sum()) / (noise_sigma * noise_ramp[x0])))
 
     truth = pd.DataFrame(rows, columns=TRUTH_COLUMNS)
     truth["snr_matched"] = np.asarray(snr_matched, dtype=np.float64)
@@ -528,6 +556,8 @@ def simulate_micrograph(
         "ice_strength": ice_strength if background == "ice" else None,
         "ice_length_a": ice_length_a if background == "ice" else None,
         "thickness_gradient": thickness_gradient,
+        "noise_gradient": noise_gradient,
+        "extra_phase": extra_phase is not None,
         "bfactor_a2": float(bfactor_a2),
         "noise_sigma": noise_sigma,
         "signal_variance": signal_var,

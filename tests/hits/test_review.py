@@ -18,7 +18,7 @@ from scipy.special import erfc
 from helpers.review_data import copy_results, demo_results, noise_results
 from napari_2dtm.errors import InputError
 from napari_2dtm.hits.review import REVIEW_DIR, NoiseModel, Review, sample_mask
-from napari_2dtm.search.detect import false_alarm_threshold
+from napari_2dtm.search.detect import extract_hits, false_alarm_threshold
 
 RELION_COLUMNS = ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAngleRot",
                   "rlnAngleTilt", "rlnAnglePsi", "rlnDefocusU", "rlnDefocusV",
@@ -59,14 +59,15 @@ def test_noise_model_of_neg_log_p_is_n_exp_minus_t():
 
 def test_candidates_are_extracted_once_and_the_threshold_only_selects():
     folder, result, sim = demo_results()
-    review = Review(result, folder)
+    review = Review(result, folder, metric="zscore")
     table = review.table
     # every local maximum is a candidate; the search's own hits are those above its threshold
     assert len(table) > 3 * len(result.hits)
     assert review.threshold == pytest.approx(result.threshold)
     assert review.expected_false_positives == pytest.approx(1.0, rel=1e-6)
     shown = table[review.shown()]
-    assert sorted(zip(shown.x, shown.y)) == sorted(zip(result.hits.x, result.hits.y))
+    zscore_hits = extract_hits(result, "zscore")
+    assert sorted(zip(shown.x, shown.y)) == sorted(zip(zscore_hits.x, zscore_hits.y))
     assert _recall(shown, sim.truth) >= 7  # of 8 planted particles
     assert set(table.status) == {"unreviewed"}
     # moving the threshold selects a nested subset of the SAME table

@@ -42,7 +42,8 @@ def _focus_on_results(viewer, micrograph_name: str):
     # The Hits widget's review layer, when docked, draws the same hits: show one layer.
     shown = review if review in viewer.layers else hits
     for name, visible in ((map_layer_name("zscore", micrograph_name), False),
-                          (map_layer_name("snr", micrograph_name), True),
+                          (map_layer_name("snr", micrograph_name), False),
+                          (map_layer_name("zbg", micrograph_name), True),
                           (hits, shown == hits), (review, True)):
         if name in viewer.layers:
             viewer.layers[name].visible = visible
@@ -79,8 +80,8 @@ def launch(
     def on_progress(p):
         if not state["live"] and p.fraction >= 0.5:
             state["live"] = True
-            snr = map_layer_name("snr", widget.micrograph_combo.currentText())
-            viewer.layers.selection.active = viewer.layers[snr]
+            zbg = map_layer_name("zbg", widget.micrograph_combo.currentText())
+            viewer.layers.selection.active = viewer.layers[zbg]
             viewer.screenshot(str(live_screenshot), canvas_only=False)
             print(f"screenshot (live, {100 * p.fraction:.0f}%): {live_screenshot}")
 

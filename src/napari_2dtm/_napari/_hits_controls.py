@@ -243,6 +243,11 @@ class ExtractionBox(QGroupBox):
         self.mask_combo.blockSignals(False)
 
 
+#: file-dialog filter -> export format (None: RELION STAR or our CSV by the suffix)
+EXPORT_FILTERS = {"RELION STAR (*.star)": None, "CSV (*.csv)": None,
+                  "Leopard-EM particle CSV (*.csv)": "leopard", "cisTEM STAR (*.star)": "cistem"}
+
+
 class CurationBar(QWidget):
     """Previous / next / accept / reject buttons, export, and the widget's status line."""
 
@@ -268,6 +273,7 @@ class CurationBar(QWidget):
         self.accepted_only.setToolTip("Export accepted hits only (else every hit above the "
                                       "threshold that is not rejected)")
         self.export_button = QPushButton("Export STAR/CSV…")
+        self.export_button.setToolTip("RELION STAR, CSV, Leopard-EM particle CSV or cisTEM STAR")
         row2.addWidget(self.accepted_only)
         row2.addWidget(self.export_button)
         v.addLayout(row2)
@@ -279,8 +285,10 @@ class CurationBar(QWidget):
         self.status.setText(text)
         self.status.setStyleSheet(ERROR_STYLE if error else "")
 
-    def ask_export_path(self, start: str) -> str:
-        """The STAR or CSV file to export to ("" when the user cancelled)."""
-        path, _ = QFileDialog.getSaveFileName(self, "Export hits", start,
-                                              "STAR (*.star);;CSV (*.csv)")
-        return path
+    def ask_export_path(self, start: str) -> tuple[str, str | None]:
+        """``(file, format)`` to export to: format None (RELION STAR or our CSV, by the
+        suffix), "leopard" (Leopard-EM particle CSV) or "cistem" (cisTEM STAR); ``""``
+        as file when the user cancelled."""
+        path, chosen = QFileDialog.getSaveFileName(self, "Export hits", start, ";;".join(
+            EXPORT_FILTERS))
+        return path, EXPORT_FILTERS.get(chosen)

@@ -127,9 +127,15 @@ class HitsTableModel(QAbstractTableModel):
 
     def sort(self, column, order=Qt.SortOrder.AscendingOrder):
         self.layoutAboutToBeChanged.emit()
+        # the view's selection follows its hits, not the row numbers they had
+        old = self.persistentIndexList()
+        ids = [int(self.rows[i.row()]) if 0 <= i.row() < len(self.rows) else -1 for i in old]
         self.sort_column, self.sort_order = int(column), order
         self._order = self._sorted_ids()
         self._filter()
+        new = [self.index(int(self.pos[h]), i.column()) if h >= 0 and self.pos[h] >= 0
+               else QModelIndex() for i, h in zip(old, ids)]
+        self.changePersistentIndexList(old, new)
         self.layoutChanged.emit()
 
 

@@ -35,6 +35,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_2dtm.errors import one_line
 from napari_2dtm.hits.review import MAX_CANDIDATES, METRICS, Review, available_metrics
+from napari_2dtm.search.foreign import export_result, is_results_folder, open_results
 
 from ._hits_controls import CurationBar, DetectionBox, ExtractionBox, SourceRow
 from ._hits_dock import micrograph_name_of, review_layer_name
@@ -180,10 +181,11 @@ class HitsWidget(QWidget):
         """
         info = hits_layer.metadata.get("napari_2dtm", {})
         folder = Path(folder or info.get("results_folder") or "")
-        if not (folder / "search.json").is_file():
+        if not is_results_folder(folder):  # ours, or cisTEM's / Leopard-EM's
             self.curation.set_status(f"{hits_layer.name}: no results folder to review", error=True)
             return
         try:
+            result = result if result is not None else open_results(folder).result
             review = Review.open(folder, result=result, max_candidates=self.max_candidates)
         except Exception as e:
             self.curation.set_status(f"Cannot review {folder.name}: {one_line(e)}", error=True)
@@ -365,15 +367,15 @@ class HitsWidget(QWidget):
         self.saved.emit(str(out))
         return out
 
-    def export(self, path, accepted_only: bool | None = None):
-        """Write STAR (RELION 5) or CSV of every hit above the threshold that is not
-        rejected, or of the accepted hits only."""
+    def export(self, path, accepted_only: bool | None = None, fmt: str | None = None):
+        """Write the hits shown (or accepted): STAR/CSV, or fmt "leopard"/"cistem"."""
         if self.review is None:
             return None
-        if accepted_only is None:
-            accepted_only = self.curation.accepted_only.isChecked()
+        which = "accepted" if (self.curation.accepted_only.isChecked() if accepted_only is None
+                               else accepted_only) else "all"
         try:
-            table = self.review.export(path, "accepted" if accepted_only else "all")
+            table = (export_result(self.review.results, self.review.selection(which), path, fmt)
+                     if fmt else self.review.export(path, which))
         except Exception as e:
             self.curation.set_status(f"Export failed: {one_line(e)}", error=True)
             return None
@@ -383,10 +385,10 @@ class HitsWidget(QWidget):
     def _export_dialog(self):
         if self.review is None:
             return
-        path = self.curation.ask_export_path(
+        path, fmt = self.curation.ask_export_path(
             str((self.review.folder or Path.cwd()) / "hits_reviewed.star"))
         if path:
-            self.export(path)
+            self.export(path, fmt=fmt)
 
     def closeEvent(self, event):  # noqa: N802 (Qt name)
         self.save()

@@ -16,8 +16,11 @@ UNITS_2D = ("angstrom", "angstrom")
 
 #: colormap and default visibility of every map a search produces
 MAP_STYLE = {
+    "zbg": ("inferno", True),
     "zscore": ("magma", False),
-    "snr": ("inferno", True),
+    "snr": ("inferno", False),
+    "sigma_bg": ("gray", False),
+    "excluded": ("gray", False),
     "mip": ("viridis", False),
     "mean": ("gray", False),
     "std": ("gray", False),
@@ -29,7 +32,7 @@ MAP_STYLE = {
 }
 
 #: display names of the maps in layer names
-MAP_LABEL = {"zscore": "z-score", "snr": "SNR", "mip": "MIP", "defocus": "defocus",
+MAP_LABEL = {"zbg": "zbg", "zscore": "z-score", "snr": "SNR", "mip": "MIP", "defocus": "defocus",
              "neg_log_p": "-ln p"}
 
 

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import napari
 
 NEXT_KEY, PREVIOUS_KEY = "PageDown", "PageUp"
-REVIEW_MAPS = ("zscore", "snr")  # maps opened without "all maps"
+REVIEW_MAPS = ("zbg", "zscore", "snr")  # maps opened without "all maps"
 REFRESH_MS = 5000
 
 

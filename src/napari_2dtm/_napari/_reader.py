@@ -13,7 +13,10 @@ a folder that is not a results folder), so napari can try another reader.
   opens as the micrograph (found by :meth:`ResultsFolder.micrograph_path
   <napari_2dtm.search.results.ResultsFolder.micrograph_path>`) plus every map and the hits;
   in a running napari the "2DTM Hits" widget then docks to review them (with any
-  decisions saved in the folder's ``review/``).
+  decisions saved in the folder's ``review/``);
+* a cisTEM or Leopard-EM results folder (:mod:`napari_2dtm.search.foreign`) opens the
+  same way; the first time, a small dialog (:mod:`._foreign_dialog`) asks for what its
+  files do not say and stores the answers beside them.
 
 A zero or missing pixel size gives a layer in pixel units.
 """
@@ -143,7 +146,9 @@ def _mrc_layer(path: Path, info: dict):
 
 def _results_reader(folder: Path):
     if not (folder / "search.json").is_file():
-        return None
+        from napari_2dtm.search.foreign import detect
+
+        return (lambda _path: _open_foreign(folder)) if detect(folder) else None
     try:
         json.loads((folder / "search.json").read_text())
     except (OSError, ValueError):
@@ -155,6 +160,27 @@ def _open_results(folder: Path) -> list:
     layers = results_layers(folder)
     _schedule_review(folder, layers)
     return layers
+
+
+def _open_foreign(folder: Path) -> list:
+    """A foreign folder: ask once (when Qt runs and nothing is stored), then open it."""
+    from napari_2dtm.errors import InputError
+    from napari_2dtm.search.foreign import load_spec
+
+    if load_spec(folder) is None and _qt_running():
+        from ._foreign_dialog import confirm_spec
+
+        if confirm_spec(folder) is None:
+            raise InputError(f"{folder}: opening cancelled")
+    return _open_results(folder)
+
+
+def _qt_running() -> bool:
+    try:
+        from qtpy.QtWidgets import QApplication
+    except ImportError:
+        return False
+    return QApplication.instance() is not None
 
 
 def _schedule_review(folder: Path, layers: list) -> None:
@@ -174,10 +200,11 @@ def _schedule_review(folder: Path, layers: list) -> None:
 
 
 def results_layers(folder: str | Path) -> list:
-    """Layers for a results folder: the micrograph (if its file is found), maps, hits."""
-    from napari_2dtm.search.results import ResultsFolder
+    """Layers for a results folder (ours, cisTEM's or Leopard-EM's): the micrograph (if
+    its file is found), maps, hits."""
+    from napari_2dtm.search.foreign import open_results
 
-    view = ResultsFolder.open(folder)
+    view = open_results(folder)
     layers = []
     mic_path = view.micrograph_path()
     mic_name = mic_path.stem if mic_path is not None else view.path.name

@@ -29,7 +29,7 @@ from ._search_form import SearchForm, _fmt_seconds
 if TYPE_CHECKING:
     import napari
 
-LIVE_MAPS = ("zscore", "snr")
+LIVE_MAPS = ("zbg", "zscore", "snr")
 
 
 class SearchWidget(SearchForm, QWidget):
@@ -221,7 +221,7 @@ class SearchWidget(SearchForm, QWidget):
             for key in LIVE_MAPS:
                 self._show_map(key, zeros, record.pixel_size_a)
             self.panel.set_progress(0.0, f"0% · {record.n_orientations:,} orientations")
-            self.panel.set_status(f"Searching on {record.device}…")
+            self.panel.set_status(f"Searching on {record.search.backend.description}…")
             from ._live_pvalue import LiveNegLogP  # -ln p from the partial maps, throttled
 
             self._live_p = LiveNegLogP(lambda m, px: self._show_map("neg_log_p", m, px))
@@ -276,6 +276,10 @@ class SearchWidget(SearchForm, QWidget):
             getattr(self.viewer, f"add_{kind}")(ld, **kwargs)
         view = ResultsFolder.of(result, folder)
         self.panel.set_progress(1.0, f"done in {_fmt_seconds(view.elapsed_s)}")
+        meta = result.metadata  # the device line: what ran, at the rate measured
+        if meta.get("cc_per_s"):
+            self.device_info.setText(f"{meta.get('device_name') or meta.get('device')}: "
+                                     f"{meta['cc_per_s']:,.0f} cross-correlations/s measured")
         self.panel.set_status(f"{len(view.hits)} hits above the threshold "
                               f"{view.hits_threshold:.2f}; saved to {folder}")
         from ._hits_dock import review_when_finished  # docks the Hits widget afterwards

@@ -24,7 +24,7 @@ from napari_2dtm.jobs.classify import ClassifyInput, run_classify
 def _inputs(args) -> list[ClassifyInput]:
     """One input per micrograph (a results folder's CTF unless one is given)."""
     from napari_2dtm.io.star import HIT_POSE_COLUMNS, read_hits  # noqa: PLC0415
-    from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
+    from napari_2dtm.search.foreign import open_results  # noqa: PLC0415
 
     jobs = []
     if args.results:
@@ -33,7 +33,7 @@ def _inputs(args) -> list[ClassifyInput]:
         if args.micrograph is not None and len(args.results) > 1:
             raise InputError("--micrograph can only replace the micrograph of one results folder")
         for folder in args.results:
-            rf = ResultsFolder.open(folder)
+            rf = open_results(folder)  # ours, or a cisTEM / Leopard-EM folder
             if args.micrograph:
                 mic = Path(args.micrograph)
                 image, px = read_micrograph(mic, rf.input_pixel_size_a if args.pixel_size is None

@@ -52,11 +52,12 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("detection and compute")
     d.add_argument("--n-false-positives", type=float, default=1.0, metavar="N",
                    help="expected false positives per micrograph for the threshold (1)")
-    d.add_argument("--metric", choices=list(HITS_METRICS), default="zscore",
-                   help="detection metric of the hits; neg_log_p = 2DTM p-value (Zhang et al. "
-                        "2025) over the local maxima of the z-score")
+    d.add_argument("--metric", choices=list(HITS_METRICS), default=None,
+                   help="detection metric of the hits (default zbg: the z-score with the "
+                        "particle's own spread removed, see docs/detection.md); neg_log_p = "
+                        "2DTM p-value (Zhang et al. 2025) over the local maxima of the z-score")
     d.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="detection threshold (default: z-score/SNR false-alarm threshold for "
+                   help="detection threshold (default: the zbg/z-score/SNR false-alarm threshold for "
                         "--n-false-positives; for neg_log_p t = ln(N_population / N_fp); "
                         "the authors' fixed cutoff is 8)")
     d.add_argument("--peak-radius", type=float, default=None, metavar="PX",
@@ -155,10 +156,12 @@ def _run_locked(args, out: Path) -> int:
 
     def progress(p):
         if isinstance(p, SearchStarted):
+            fft = p.search.frame_fft()  # the CPU's FFT library and its measured floor
             print(f"{args.micrograph}: {image.shape[1]} x {image.shape[0]} px at {px:.3f} A; "
                   f"search at {p.pixel_size_a:.3f} A, {p.n_orientations} orientations x "
-                  f"{p.n_planes} planes = {p.n_cc_total} cross-correlations on {p.device}",
-                  file=sys.stderr)
+                  f"{p.n_planes} planes = {p.n_cc_total} cross-correlations on "
+                  f"{p.search.backend.description}"
+                  + (f", {fft.describe()}" if fft is not None else ""), file=sys.stderr)
             if args.resume and ckpt.exists():
                 done = read_state(ckpt)["n_cc"] / max(1, p.n_cc_total)
                 print(f"resuming from {ckpt}: {100 * done:.1f}% done", file=sys.stderr)
@@ -181,6 +184,10 @@ def _run_locked(args, out: Path) -> int:
     if restart and not use_ckpt:  # started over without checkpoints: the old one is stale
         ckpt.unlink(missing_ok=True)
     view = ResultsFolder.of(res)
+    meta = res.metadata
+    if meta.get("cc_per_s"):  # the rate this run measured, and on what
+        print(f"{meta['cc_per_s']:,.0f} cross-correlations/s on "
+              f"{meta.get('device_name') or meta.get('device')}", file=sys.stderr)
     print(f"{len(res.hits)} hits with {view.hits_metric} >= {view.hits_threshold:.2f}; "
           f"results in {out}", file=sys.stderr)
     return 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from napari_2dtm.errors import GPUUnavailableError
 
-__all__ = ["gpu_info", "get_backend", "to_numpy", "cpu_workers"]
+__all__ = ["gpu_info", "gpu_description", "get_backend", "to_numpy", "cpu_workers"]
 
 
 def cpu_workers() -> int:
@@ -36,15 +36,25 @@ def gpu_info() -> dict:
         n = cp.cuda.runtime.getDeviceCount()
         if n < 1:
             raise RuntimeError("no CUDA device found")
-        dev = cp.cuda.Device(0)
-        props = cp.cuda.runtime.getDeviceProperties(0)
+        dev = cp.cuda.Device()  # the current one (CUDA_VISIBLE_DEVICES picks it)
+        props = cp.cuda.runtime.getDeviceProperties(dev.id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         free, total = dev.mem_info
         return {"available": True, "name": name, "memory_gb": total / 2**30,
-                "free_gb": free / 2**30, "reason": None}
+                "free_gb": free / 2**30, "device": int(dev.id),
+                "compute_capability": str(dev.compute_capability), "reason": None}
     except Exception as e:
         return {"available": False, "name": None, "memory_gb": None,
                 "reason": f"CuPy is installed but no usable CUDA device ({e})"}
+
+
+def gpu_description() -> str:
+    """The GPU CuPy uses, in words (its reason when there is none)."""
+    info = gpu_info()
+    if not info["available"]:
+        return f"no usable GPU ({info['reason']})"
+    dev = int(info.get("device", 0))
+    return f"GPU {dev}: {info['name']} ({info['memory_gb']:.0f} GiB)"
 
 
 class Backend:
@@ -69,6 +79,14 @@ class Backend:
     @property
     def is_gpu(self) -> bool:
         return self.name == "gpu"
+
+    @property
+    def description(self) -> str:
+        """The device in words, for reports: ``"GPU 0: NVIDIA H200 (139 GiB)"`` or
+        ``"CPU (16 threads)"``."""
+        if self.is_gpu:
+            return gpu_description()
+        return f"CPU ({self.fft_kw.get('workers', 1)} threads)"
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)

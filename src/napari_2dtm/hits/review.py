@@ -34,7 +34,12 @@ from scipy.spatial import cKDTree
 
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import atomic_path, atomic_write_text, read_mrc, write_mrc
-from napari_2dtm.search.detect import expected_false_positives, extract_hits, false_alarm_threshold
+from napari_2dtm.search.detect import (
+    default_metric,
+    expected_false_positives,
+    extract_hits,
+    false_alarm_threshold,
+)
 from napari_2dtm.search.pvalue import (
     add_neg_log_p,
     expected_false_positives_pvalue,
@@ -48,7 +53,7 @@ __all__ = [
 ]
 
 #: detection metrics: result-map key -> display label
-METRICS = {"zscore": "z-score", "snr": "SNR", "neg_log_p": "-ln p"}
+METRICS = {"zbg": "zbg", "zscore": "z-score", "snr": "SNR", "neg_log_p": "-ln p"}
 STATUSES = ("unreviewed", "accepted", "rejected")
 #: sub-folder of a results folder holding the review (outside the folder's top level,
 #: whose ``*.mrc`` files are all read as maps)
@@ -167,7 +172,7 @@ class NoiseModel:
 # --------------------------------------------------------------- candidates
 
 
-def extract_candidates(result, metric: str = "zscore", radius_px: float | None = None,
+def extract_candidates(result, metric: str | None = None, radius_px: float | None = None,
                        floor: float | None = None, exclusion: np.ndarray | None = None,
                        max_candidates: int = MAX_CANDIDATES) -> pd.DataFrame:
     """Peaks of the ``metric`` map at least ``radius_px`` search pixels apart.
@@ -178,6 +183,7 @@ def extract_candidates(result, metric: str = "zscore", radius_px: float | None =
     :func:`napari_2dtm.search.detect.extract_hits` table (strongest first, at most
     ``max_candidates`` rows) plus ``id`` (0..n-1) and ``status`` (``unreviewed``).
     """
+    metric = metric or default_metric(result.maps)
     metric_map(result, metric, exclusion)
     if floor is None:
         floor = np.nextafter(np.float32(0), np.float32(1)) if metric == "neg_log_p" else -np.inf
@@ -232,7 +238,7 @@ class Review:
     strongest) are kept.
     """
 
-    def __init__(self, result, folder=None, metric: str = "zscore",
+    def __init__(self, result, folder=None, metric: str | None = None,
                  radius_px: float | None = None, floor: float | None = None,
                  exclusion: np.ndarray | None = None, threshold: float | None = None,
                  n_false_positives: float = 1.0, max_candidates: int = MAX_CANDIDATES):
@@ -241,7 +247,7 @@ class Review:
         self.folder = Path(folder) if folder else None
         self.n_false_positives = float(n_false_positives)
         self.table = pd.DataFrame()
-        self.metric = metric
+        self.metric = metric = metric or default_metric(result.maps)
         self._extracted_metric: str | None = None  # the metric of the current candidates
         self.extract(metric, radius_px, floor, exclusion)
         if threshold is not None:
@@ -424,9 +430,9 @@ class Review:
                 raise InputError(f"{rdir / SETTINGS_FILE}: not valid JSON ({e})") from None
         if settings.get("exclusion_mask") and (rdir / MASK_FILE).is_file():
             exclusion = read_mrc(rdir / MASK_FILE)[0] != 0
-        metric = settings.get("metric", "zscore")
+        metric = settings.get("metric") or default_metric(result.maps)
         if metric not in available_metrics(result):
-            metric = "zscore"
+            metric = default_metric(result.maps)
         review = cls(result, folder, metric=metric, radius_px=settings.get("radius_px"),
                      floor=settings.get("floor"), exclusion=exclusion,
                      n_false_positives=settings.get("n_false_positives", 1.0), **kwargs)

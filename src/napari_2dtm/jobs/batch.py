@@ -120,7 +120,7 @@ class BatchJob:
     template_source: str | None = None
     template_kwargs: dict = dataclasses.field(default_factory=dict)
     error: str | None = None  # set when the job could not even be prepared
-    metric: str = "zscore"  # hits detection (see jobs.search.detect_hits)
+    metric: str | None = None  # hits detection (see jobs.search.detect_hits; None: zbg)
     threshold: float | None = None
     #: name of the dask ``distributed.Event`` that cancels the batch (on dask workers,
     #: where the caller's threading.Event cannot reach)
@@ -291,7 +291,7 @@ def run_batch(
     scheduler: str | None = None,
     threads_per_worker: int | None = None,
     shards: int = 1,
-    metric: str = "zscore",
+    metric: str | None = None,
     threshold: float | None = None,
     progress: Callable[[dict], None] | None = None,
     cancel: threading.Event | None = None,

@@ -17,7 +17,8 @@ from napari_2dtm.errors import InputError
 from napari_2dtm.io.micrographs import micrograph_name
 from napari_2dtm.io.mrc import atomic_write_text
 from napari_2dtm.search.checkpoint import checkpoint_path_for
-from napari_2dtm.search.results import MARKER, ResultsFolder
+from napari_2dtm.search.foreign import is_results_folder, open_results
+from napari_2dtm.search.results import ResultsFolder
 
 __all__ = ["SUMMARY_COLUMNS", "read_summary", "batch_status"]
 
@@ -69,7 +70,7 @@ def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
         if r.get("status") == "failed":
             add(str(r["name"]), status="failed", error=r.get("error"))
     for d in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
-        if d.is_dir() and (d / MARKER).is_file() and not d.name.startswith("."):
+        if d.is_dir() and is_results_folder(d) and not d.name.startswith("."):
             add(d.name)
         elif d.is_file() and d.name.endswith(".checkpoint.npz") and not d.name.startswith("."):
             add(d.name[: -len(".checkpoint.npz")])
@@ -78,7 +79,7 @@ def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
     for name in list(order) if names is None else list(names):
         add(name)
         res = out_dir / name
-        if (res / MARKER).is_file():
+        if is_results_folder(res):  # ours, or a cisTEM / Leopard-EM search put here
             done = _done_folder(res)
             rows[name].update(status="done", error=None, results=str(res),
                               n_hits=done.n_hits if done else None)
@@ -106,9 +107,10 @@ def batch_status(out_dir, names: Iterable[str] | None = None) -> pd.DataFrame:
 
 
 def _done_folder(folder: Path) -> ResultsFolder | None:
-    """A finished micrograph's results folder (``search.json`` only), None if unreadable."""
+    """A finished micrograph's results folder (``search.json`` only; a foreign one is read
+    whole), None if unreadable."""
     try:
-        return ResultsFolder.open(folder, maps=False)
+        return open_results(folder, maps=False)
     except InputError:
         return None
 

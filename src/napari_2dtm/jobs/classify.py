@@ -48,7 +48,7 @@ from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.io.mrc import atomic_dir, output_lock
 from napari_2dtm.plots import save_features
-from napari_2dtm.search.results import MARKER as RESULTS_MARKER
+from napari_2dtm.search.foreign import is_results_folder, open_results
 from napari_2dtm.search.results import ResultsFolder
 
 __all__ = ["ClassifyInput", "ClassifyProgress", "DEFAULT_GRID", "run_classify"]
@@ -96,9 +96,9 @@ def _search_result(value):
     """A SearchResult, or the one in a results folder (None when it holds none)."""
     if value is None or not isinstance(value, (str, Path)):
         return value
-    if not Path(value, RESULTS_MARKER).is_file():
+    if not is_results_folder(value):  # ours (search.json), cisTEM's or Leopard-EM's
         return None
-    return ResultsFolder.open(value).result
+    return open_results(value).result
 
 
 def _ctf(mic: ClassifyInput, result) -> CTFParams:

@@ -149,11 +149,11 @@ class JobResult:
 
 
 def micrograph_from_results(folder, micrograph=None) -> MicrographInput:
-    """A results folder of ``napari-2dtm search``: its hits, CTF, search result and
-    micrograph (``micrograph`` overrides the path recorded in ``search.json``)."""
-    from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
+    """A results folder of ``napari-2dtm search`` (or of cisTEM / Leopard-EM): its hits,
+    CTF, search result and micrograph (``micrograph`` overrides the path it records)."""
+    from napari_2dtm.search.foreign import open_results  # noqa: PLC0415
 
-    view = ResultsFolder.open(folder)
+    view = open_results(folder)
     res = view.result
     if micrograph:
         path = Path(micrograph)
@@ -175,11 +175,11 @@ def micrograph_from_hits(image, pixel_size_a: float, hits: pd.DataFrame,
     from ``results_folder`` when it is one (z-scores on the search's scale, its
     template); ``ctf`` (a :class:`CTFParams` or a dict of its fields) defaults to the
     search's."""
-    from napari_2dtm.search.results import read_results  # noqa: PLC0415
+    from napari_2dtm.search.foreign import is_results_folder, open_results  # noqa: PLC0415
 
     result = None
-    if results_folder and Path(results_folder, "search.json").exists():
-        result = read_results(results_folder)
+    if results_folder and is_results_folder(results_folder):  # ours, cisTEM's, Leopard-EM's
+        result = open_results(results_folder).result
     if ctf is None and result is not None:
         ctf = _search_ctf(result)
     if not ctf:

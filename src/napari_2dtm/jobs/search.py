@@ -33,7 +33,7 @@ __all__ = ["run_search", "save_results", "detect_hits", "SearchStarted", "estima
            "HITS_METRICS"]
 
 #: maps hits can be detected on
-HITS_METRICS = ("zscore", "snr", "neg_log_p")
+HITS_METRICS = ("zbg", "zscore", "snr", "neg_log_p")
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ def linked_cancel(cancel: threading.Event | None, stop: Callable[[], None]):
         watcher.join()
 
 
-def detect_hits(result, metric: str = "zscore", threshold: float | None = None,
+def detect_hits(result, metric: str | None = None, threshold: float | None = None,
                 source: str | None = None) -> float:
     """Add the -ln p map (and column) to ``result`` and re-extract its hits on ``metric``.
 
@@ -96,10 +96,11 @@ def detect_hits(result, metric: str = "zscore", threshold: float | None = None,
     local maxima: on a tiny image it is left out (an :class:`InputError` if it was the
     metric asked for; ``source`` names the micrograph in that message).
     """
-    from napari_2dtm.search.detect import extract_hits  # noqa: PLC0415
+    from napari_2dtm.search.detect import default_metric, extract_hits  # noqa: PLC0415
     from napari_2dtm.search.pvalue import add_neg_log_p  # noqa: PLC0415
     from napari_2dtm.search.results import ResultsFolder  # noqa: PLC0415
 
+    metric = metric or default_metric(result.maps)
     if metric not in HITS_METRICS:
         raise InputError(f"hits metric must be one of {', '.join(HITS_METRICS)}, got {metric!r}")
     view = ResultsFolder.of(result)
@@ -119,7 +120,7 @@ def detect_hits(result, metric: str = "zscore", threshold: float | None = None,
 
 
 def save_results(result, out_dir, image=None, micrograph_path=None,
-                 micrograph_name="micrograph", overwrite=False, *, metric: str = "zscore",
+                 micrograph_name="micrograph", overwrite=False, *, metric: str | None = None,
                  threshold: float | None = None) -> Path:
     """The last step of every search job: detect the hits, write the results folder.
 
@@ -136,7 +137,7 @@ def save_results(result, out_dir, image=None, micrograph_path=None,
 
 def run_search(image, pixel_size_a: float, template, config, out_dir, *,
                micrograph_path=None, micrograph_name: str = "micrograph",
-               overwrite: bool = False, metric: str = "zscore",
+               overwrite: bool = False, metric: str | None = None,
                threshold: float | None = None, checkpoint=None,
                restart: bool = False,
                template_kwargs: dict | None = None,
@@ -159,7 +160,7 @@ def run_search(image, pixel_size_a: float, template, config, out_dir, *,
     one that holds the micrograph or template (checked before the search starts), and
     :class:`~napari_2dtm.errors.Cancelled` when ``cancel`` was set.
     """
-    if metric not in HITS_METRICS:
+    if metric is not None and metric not in HITS_METRICS:
         raise InputError(f"hits metric must be one of {', '.join(HITS_METRICS)}, got {metric!r}")
     threshold = check_threshold(threshold)
     with output_lock(out_dir):

@@ -71,8 +71,11 @@ CAPTIONS = {
         "maximum intensity projection (MIP)."
     ),
     "done": (
-        "4. Detection: z-score = (MIP - mean) / std per pixel. Peaks above the false-alarm "
-        "threshold (expected number of noise peaks above it: N false pos.) are the hits."
+        "4. Detection: zbg = (MIP - mean) / sigma per pixel, where sigma is the spread of "
+        "the background, not inflated by the particle itself (the plain z-score divides by "
+        "every orientation's spread, so strong particles score low). Peaks above the "
+        "false-alarm threshold (expected number of noise peaks above it: N false pos.) are "
+        "the hits; a peak that a stronger neighbour's side lobe explains is not."
     ),
 }
 
@@ -88,7 +91,7 @@ class TeachingStep:
     Fourier space, zero frequency at the centre; filtered is the projection after that
     filter, scaled to unit energy); cc ``(ny, nx)`` the normalised cross-correlation
     of this orientation (N(0, 1) under noise); mip ``(ny, nx)`` the MIP so far.
-    hits: peaks of the current z-score above the threshold (x, y in input pixels);
+    hits: peaks of the current zbg above the threshold (x, y in input pixels);
     precision, recall: against the ground truth (None without one).
     """
 
@@ -256,11 +259,11 @@ class TeachingSearch:
             n, prec, rec = match_truth(hits, self.truth, self.match_radius_px)
             step.n_truth, step.n_matched, step.precision, step.recall = len(self.truth), n, prec, rec
 
-    def _live_hits(self, zscore: np.ndarray) -> pd.DataFrame:
+    def _live_hits(self, zbg: np.ndarray) -> pd.DataFrame:
         s = self.search
-        pk = find_peaks(zscore, self.threshold, s.peak_radius_px, mask=s.valid_mask())
+        pk = find_peaks(zbg, self.threshold, s.peak_radius_px, mask=s.valid_mask())
         return pd.DataFrame({"x": pk[:, 1] * self.binning, "y": pk[:, 0] * self.binning,
-                             "zscore": zscore[pk[:, 0], pk[:, 1]].astype(float)})
+                             "zbg": zbg[pk[:, 0], pk[:, 1]].astype(float)})
 
     def score_text(self, step: TeachingStep) -> str:
         """``"3 hits above 5.79; 3 of 8 true particles: precision 1.00, recall 0.38"``."""
@@ -306,7 +309,7 @@ class TeachingSearch:
                                 orientation_deg=ang, projection=shown["projection"],
                                 ctf=corr.box_filter, filtered=shown["filtered"],
                                 cc=shown["cc"], mip=p.mip, progress=p)
-            self._score(step, self._live_hits(p.zscore))
+            self._score(step, self._live_hits(p.zbg if p.zbg is not None else p.zscore))
             step.caption = (
                 f"{CAPTIONS['search']}\nOrientation {k + 1:,} of {len(s.orientations):,} "
                 f"(phi {ang[0]:.0f}°, theta {ang[1]:.0f}°, psi {ang[2]:.0f}°), "

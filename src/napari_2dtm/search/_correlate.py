@@ -22,21 +22,24 @@ Per batch of ``B`` projections ``(B, h, h)`` (centre at pixel 0):
    N(0, 1) at every pixel.
 
 The CPU path reuses its frame-sized buffers across batches (fresh arrays of that size
-cost page faults: a third of the run time on K3 frames) and spreads maps over threads.
+cost page faults: a third of the run time on K3 frames) and spreads maps over threads. Its
+frame FFTs (the column pass of step 1, the inverse of step 2) come from
+:mod:`napari_2dtm.core.fft`: the fastest library installed, chosen by timing (FFTW, MKL or
+pocketfft, whose maps are bit for bit the engine's before that layer existed).
 :func:`padded_spectra_reference` and :func:`correlate_reference` are the plain
 array-module definitions of the same computation (the GPU path runs them with CuPy);
 with NumPy they give the CPU path's maps up to float32 rounding of the fused multiply.
 
 :class:`Correlator` is what the engine holds: one search's fixed inputs on its backend
 and the per-batch steps (projections of the template, then the two above), running
-:class:`CpuCorrelator` on the CPU and the reference functions on a GPU. The work sizes
+:class:`CpuCorrelator` on the CPU and a :class:`~napari_2dtm.search._gpu_plan.GpuPlan`
+(fused CuPy kernels, cached cuFFT plans) on a GPU. The work sizes
 (orientations per batch, maps per chunk) are chosen here too, from the frame size and
 the free memory.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,7 +49,10 @@ import scipy.fft as sfft
 from napari_2dtm.core import _kernels
 from napari_2dtm.core.backend import to_numpy
 from napari_2dtm.core.ctf import CTFParams, ctf_2d
+from napari_2dtm.core.fft import FrameFFT, frame_fft
 from napari_2dtm.core.projection import FourierVolume, extract_slices, subtract_edge_mean
+
+from . import _gpu_plan
 
 __all__ = ["Correlator", "CpuCorrelator", "thread_runner", "search_frame", "image_spectrum",
            "plane_filters", "hermitian_weights", "energy_scales", "padded_spectra_reference",
@@ -111,13 +117,14 @@ def hermitian_weights(ws: int) -> np.ndarray:
     return wts
 
 
-def energy_scales(energy: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
-    """Normalisation ``1 / sqrt(sum_x t(x)^2)`` (float32; 0 for an empty template) of maps
-    whose filtered templates have half-spectrum energies ``energy`` (Hermitian-weighted)."""
+def energy_scales(energy: np.ndarray, frame: tuple[int, int], factor: float = 1.0) -> np.ndarray:
+    """Normalisation ``factor / sqrt(sum_x t(x)^2)`` (float32; 0 for an empty template) of
+    maps whose filtered templates have half-spectrum energies ``energy`` (Hermitian-weighted);
+    factor: what the inverse FFT left out (:attr:`~napari_2dtm.core.fft.FrameFFT.inverse_scale`)."""
     hs, ws = frame
     # Parseval: sum_x t(x)^2 = (1/N) sum_k |T(k)|^2 over the full spectrum.
     with np.errstate(divide="ignore"):
-        return np.where(energy > 0, 1.0 / np.sqrt(energy / (hs * ws)), 0.0).astype(np.float32)
+        return np.where(energy > 0, factor / np.sqrt(energy / (hs * ws)), 0.0).astype(np.float32)
 
 
 def _row_pass(proj, ws: int, xp, fft, fft_kw: dict):
@@ -171,9 +178,8 @@ def _spectrum_bytes(frame: tuple[int, int]) -> int:
 
 def gpu_bytes_per_map(frame: tuple[int, int]) -> int:
     """Device bytes per correlation map: the spectrum product, the cuFFT work area (about
-    one more spectrum) and the real float32 map."""
-    hs, ws = frame
-    return 2 * _spectrum_bytes(frame) + hs * ws * 4
+    one more spectrum) and the real float32 map (:func:`_gpu_plan.bytes_per_map`)."""
+    return _gpu_plan.bytes_per_map(frame)
 
 
 def gpu_free_bytes(cp) -> int:
@@ -187,13 +193,12 @@ def batch_size(frame: tuple[int, int], n_defocus: int, gpu_free: int | None = No
 
     CPU (``gpu_free`` None): small frames are batched so per-call overheads vanish; large
     frames go one orientation at a time so the correlation maps stay in cache. GPU: as
-    many as fit in 40% of ``gpu_free`` bytes (the statistics are already allocated).
+    many as fit, with all their maps, in half of ``gpu_free`` bytes (the statistics are
+    already allocated; :func:`napari_2dtm.search._gpu_plan.work_sizes`).
     """
     if gpu_free is not None:
-        # padded spectrum + its FFT output, and per defocus plane the product, the
-        # cuFFT work area and the real map
-        per = 2 * _spectrum_bytes(frame) + n_defocus * gpu_bytes_per_map(frame)
-        return int(max(1, min(64, 0.4 * gpu_free // per)))
+        return _gpu_plan.work_sizes(frame, n_defocus, gpu_free,
+                                    storage=_gpu_plan.storage_from_env())[0]
     per = _spectrum_bytes(frame) * n_defocus
     return int(max(1, min(64, (16 << 20) // per)))
 
@@ -211,19 +216,16 @@ def map_chunk(m: int, frame: tuple[int, int], search_shape: tuple[int, int], wor
     return int(max(1, min(m, max(workers, (256 << 20) // per))))
 
 
-def estimate_seconds(frame: tuple[int, int], n_cc: int, backend) -> float:
-    """Rough run time of ``n_cc`` correlations: timed CPU inverse FFTs of the frame x 1.4
-    (the rest of the loop), or a throughput guess on a GPU."""
+def estimate_seconds(frame: tuple[int, int], n_cc: int, backend,
+                     fft: FrameFFT | None = None) -> float:
+    """Rough run time of ``n_cc`` correlations: the CPU FFT library's measured inverse
+    FFT throughput on the frame (``fft``, default :func:`~napari_2dtm.core.fft.frame_fft`'s
+    choice) x 1.4 (the rest of the loop), or a throughput guess on a GPU."""
     hs, ws = frame
     if backend.is_gpu:
         return n_cc * hs * ws * 2e-11
-    x = np.zeros((hs, ws // 2 + 1), np.complex64)
-    sfft.irfft2(x, s=(hs, ws), **backend.fft_kw)  # plan and warm up
-    t0 = time.perf_counter()
-    for _ in range(3):
-        sfft.irfft2(x, s=(hs, ws), **backend.fft_kw)
-    per = (time.perf_counter() - t0) / 3
-    return n_cc * per * 1.4
+    fft = fft or frame_fft(frame, backend.fft_kw["workers"])
+    return n_cc * fft.floor_s * 1.4
 
 
 # ---------------------------------------------------------------------- CPU path
@@ -231,13 +233,16 @@ class CpuCorrelator:
     """The CPU per-batch work on the search frame ``(Hs, Ws)``, into reused buffers.
 
     workers: threads per FFT and number of map threads; run: the thread runner (see
-    :data:`Runner`). Arrays returned are views of the buffers, valid until the next call.
+    :data:`Runner`); fft: the frame FFTs (default: :func:`~napari_2dtm.core.fft.frame_fft`'s
+    choice of library). Arrays returned are views of the buffers, valid until the next call.
     """
 
-    def __init__(self, frame: tuple[int, int], workers: int, run: Runner):
+    def __init__(self, frame: tuple[int, int], workers: int, run: Runner,
+                 fft: FrameFFT | None = None):
         self.frame = frame
         self.workers = workers
         self.run = run
+        self.fft = fft or frame_fft(frame, workers)
         self._pft_buf: np.ndarray | None = None  # (B, Hs, Ws//2+1) padded spectra
         self._prod_buf: np.ndarray | None = None  # (k, Hs, Ws//2+1) spectrum products
         self._cc_buf: np.ndarray | None = None  # (k, Hs, Ws) real maps
@@ -256,20 +261,14 @@ class CpuCorrelator:
         r = _row_pass(proj, ws, np, sfft, {"workers": w})
         buf = self._pft_buf
         if buf is None or buf.shape[0] < nb:
-            buf = self._pft_buf = np.empty((nb, hs, ws // 2 + 1), np.complex64)
+            buf = self._pft_buf = self.fft.empty((nb, hs, ws // 2 + 1), np.complex64)
         big = buf[:nb]  # reused: no page faults for a fresh frame-sized array per batch
         big[:, :e] = r[:, :e]
         big[:, e : hs - e] = 0
         big[:, hs - e :] = r[:, e:]
-        if nb < w:  # few large frames: threads inside each FFT
+        if nb < w:  # few large frames: threads inside each FFT (pocketfft's)
             return sfft.fft(big, axis=1, workers=w, overwrite_x=True)
-
-        def column_pass(i):
-            col = sfft.fft(big[i], axis=0, workers=1, overwrite_x=True)  # in place in practice
-            if not np.may_share_memory(col, big[i]):
-                big[i] = col
-
-        self.run(column_pass, nb)
+        self.run(lambda i: self.fft.columns(big[i]), nb)
         return big
 
     def correlate(self, img_ft, filters, wts, pft, fidx, pidx) -> tuple[np.ndarray, np.ndarray]:
@@ -281,8 +280,8 @@ class CpuCorrelator:
         if buf is None or buf.shape[0] < k:
             # Reused across batches: a fresh large array each time costs page faults
             # (a third of the run time on K3 frames).
-            buf = self._prod_buf = np.empty((k, hs, ws // 2 + 1), np.complex64)
-            self._cc_buf = np.empty((k, hs, ws), np.float32)
+            buf = self._prod_buf = self.fft.empty((k, hs, ws // 2 + 1), np.complex64)
+            self._cc_buf = self.fft.empty((k, hs, ws), np.float32)
         prod = buf[:k]
         ccs = self._cc_buf[:k]
         energy = np.empty(k)
@@ -293,17 +292,10 @@ class CpuCorrelator:
         self.run(lambda j: _kernels.multiply_energy_batch(
             img_ft, filters, fidx, pft, pidx, wts, prod, energy, edges[j], edges[j + 1]), nt)
 
-        def inverse(i):
-            # One map per thread (threads over maps scale better than threads inside
-            # one FFT, and pocketfft is faster one map at a time than batched), in
-            # two passes into preallocated memory: the column pass in place (scipy),
-            # the row pass into the reused map buffer (numpy.fft has out=). Both are
-            # pocketfft: the maps equal scipy.fft.irfft2's.
-            col = sfft.ifft(prod[i], axis=0, workers=1, overwrite_x=True)
-            np.fft.irfft(col, n=ws, axis=1, out=ccs[i])
-
-        self.run(inverse, k)
-        return ccs, energy_scales(energy, self.frame)
+        # One map per thread: threads over maps scale better than threads inside one
+        # FFT, and every library is faster one map at a time than batched.
+        self.run(lambda i: self.fft.inverse(prod[i], ccs[i]), k)
+        return ccs, energy_scales(energy, self.frame, self.fft.inverse_scale)
 
 
 # ------------------------------------------------------------------ the facade
@@ -312,11 +304,12 @@ class Correlator:
 
     image_ft, filters, wts: :func:`image_spectrum`, :func:`plane_filters`,
     :func:`hermitian_weights` on the device; fvol: the template's Fourier volume; box:
-    the projection size ``h`` (search pixels); run: thread runner for the CPU kernels.
+    the projection size ``h`` (search pixels); run: thread runner for the CPU kernels;
+    fft: the CPU's frame FFTs (default: :func:`~napari_2dtm.core.fft.frame_fft`'s choice).
     """
 
     def __init__(self, backend, frame: tuple[int, int], box: int, image_ft, filters, wts,
-                 fvol: FourierVolume, run: Runner):
+                 fvol: FourierVolume, run: Runner, fft: FrameFFT | None = None):
         self.backend = backend
         self.frame = frame
         self.box = box
@@ -326,11 +319,15 @@ class Correlator:
         self.fvol = fvol
         self.run = run
         self.cpu = (None if backend.is_gpu
-                    else CpuCorrelator(frame, backend.fft_kw["workers"], run))
+                    else CpuCorrelator(frame, backend.fft_kw["workers"], run, fft))
+        #: the GPU's buffers, cuFFT plans and kernels (made at the first batch)
+        self.gpu_plan: _gpu_plan.GpuPlan | None = None
+        self.gpu_chunk: int | None = None  # maps per chunk the GPU plan used
 
     @classmethod
     def build(cls, backend, prepared, ctf: CTFParams, frame: tuple[int, int], pixel_offsets_a,
-              defocus_offsets_a, volume: np.ndarray, pad: int, box: int, run: Runner) -> Correlator:
+              defocus_offsets_a, volume: np.ndarray, pad: int, box: int, run: Runner,
+              fft: FrameFFT | None = None) -> Correlator:
         """The fixed inputs of a search of ``prepared`` (a
         :class:`~napari_2dtm.core.filters.PreparedImage`) with template ``volume``."""
         xp = backend.xp
@@ -342,17 +339,40 @@ class Correlator:
         del wgrid
         wts = xp.asarray(hermitian_weights(frame[1]))
         fvol = FourierVolume(volume, pad=pad, xp=xp)
-        return cls(backend, frame, box, image_ft, filters, wts, fvol, run)
+        return cls(backend, frame, box, image_ft, filters, wts, fvol, run, fft)
 
     def release(self):
         """Drop the CPU's frame-sized work buffers (not needed to make the score maps)."""
         if self.cpu is not None:
             self.cpu.release()
+        self.gpu_plan = None  # its device buffers and cuFFT work areas go back to the pool
+
+    def _gpu(self, nb: int) -> _gpu_plan.GpuPlan:
+        """The GPU plan, made (or remade, for a larger batch) for batches of ``nb``."""
+        plan = self.gpu_plan
+        if plan is None or plan.batch < nb:
+            self.gpu_plan = None  # free the old buffers before sizing the new ones
+            self.gpu_plan = _gpu_plan.GpuPlan(
+                self.backend.xp, self.frame, self.box, self.fvol.data, self.image_ft,
+                self.filters, self.wts, nb, storage=_gpu_plan.storage_from_env())
+        return self.gpu_plan
+
+    def gpu_maps_per_chunk(self, n_maps: int) -> int:
+        """Maps the GPU plan correlates at once (at most ``n_maps``; fixed at the first call
+        from the memory free once the batch buffers exist)."""
+        plan = self.gpu_plan
+        if plan.chunk is None:
+            free = gpu_free_bytes(self.backend.xp)
+            plan.set_chunk(_gpu_plan.chunk_size(self.frame, n_maps, free))
+        self.gpu_chunk = plan.chunk
+        return plan.chunk
 
     def projections(self, rots, scale: float):
         """Edge-mean-subtracted real projections ``(B, h, h)`` float32, centre at pixel 0,
         for rotations ``(B, 3, 3)``; scale: :meth:`FourierVolume.scale_for` of the plane."""
         b = self.backend
+        if b.is_gpu:  # placed in the zero frame already: (B, Hs, Ws)
+            return self._gpu(len(rots)).projections(rots, scale)
         xp = b.xp
         h = self.box
         sl = extract_slices(self.fvol, rots, h, scale, run=None if b.is_gpu else self.run)
@@ -364,14 +384,13 @@ class Correlator:
         """Forward FFT of projections zero-padded to the frame: ``(B, Hs, Ws//2+1)``."""
         b = self.backend
         if b.is_gpu:
-            return padded_spectra_reference(proj, self.frame, xp=b.xp, fft=b.fft, fft_kw=b.fft_kw)
+            return self.gpu_plan.padded_spectra(proj)
         return self.cpu.padded_spectra(proj)
 
     def correlate(self, pft, fidx, pidx):
         """Raw correlation maps ``pft[pidx[i]] x filters[fidx[i]] x image`` ``(k, Hs, Ws)``
         and their normalisation factors ``(k,)``."""
         b = self.backend
-        if b.is_gpu:
-            return correlate_reference(self.image_ft, self.filters, self.wts, pft, fidx, pidx,
-                                       self.frame, xp=b.xp, fft=b.fft)
+        if b.is_gpu:  # maps and factors stay on the device
+            return self.gpu_plan.correlate(pft, fidx, pidx)
         return self.cpu.correlate(self.image_ft, self.filters, self.wts, pft, fidx, pidx)

@@ -31,18 +31,17 @@ with fixed boundaries, runs them (progress, checkpoints, cancel) and makes the
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from napari_2dtm.core.backend import get_backend, to_numpy
+from napari_2dtm.core.fft import FrameFFT, frame_fft, frame_fft_from_record, record_of
 from napari_2dtm.core.filters import prepare_image
 from napari_2dtm.core.geometry import euler_to_matrix
 from napari_2dtm.errors import Cancelled, InputError
@@ -67,51 +66,11 @@ from .config import (
     orientation_span,
     scoring_config,
 )
-from .statistics import RunningStats, parameter_maps, score_maps, template_radius
+from .outcome import SearchProgress, SearchResult, _jsonable, finish, snapshot
+from .statistics import RunningStats, template_radius
 from .statistics import valid_mask as _valid_mask
 
 __all__ = ["Search", "SearchProgress", "SearchResult", "search"]
-
-
-@dataclasses.dataclass
-class SearchProgress:
-    """A snapshot of a running search; maps are NumPy arrays at the search pixel size."""
-
-    fraction: float
-    n_done: int
-    n_total: int
-    elapsed_s: float
-    orientations_per_s: float
-    eta_s: float
-    mip: np.ndarray
-    zscore: np.ndarray
-    snr: np.ndarray
-    pixel_size_a: float
-    done: bool = False
-
-
-@dataclasses.dataclass
-class SearchResult:
-    """Final maps, hits and metadata of one search.
-
-    maps: name -> ``(ny, nx)`` float32 at ``pixel_size_a`` (the search pixel size):
-    mip, zscore, snr, mean, std, phi, theta, psi (deg), defocus (absolute mean defocus,
-    A), defocus_offset, pixel_size (A, when pixel-size planes were searched).
-    hits: DataFrame with x, y in input-micrograph pixels (0-based particle centres).
-    """
-
-    maps: dict
-    pixel_size_a: float
-    input_pixel_size_a: float
-    threshold: float
-    n_trials: float
-    hits: Any
-    metadata: dict
-    valid_mask: np.ndarray | None = None
-
-    @property
-    def binning(self) -> float:
-        return self.pixel_size_a / self.input_pixel_size_a
 
 
 class Search:
@@ -188,6 +147,8 @@ class Search:
         # to estimate its run time never needs ---
         self._prepared_device = False
         self._corr: _correlate.Correlator | None = None  # fixed inputs, per-batch work
+        self._fft: FrameFFT | None = None  # the CPU's FFT library (see frame_fft())
+        self._restored_fft: dict | None = None  # a restored partial's FFT record
         self._rots: np.ndarray | None = None  # (n_orientations_total, 3, 3)
         self.stats: RunningStats | None = None  # see _alloc_state
         # Threads over maps and rows (none starts before the first task). The correlator
@@ -251,7 +212,7 @@ class Search:
         self._corr = _correlate.Correlator.build(
             self.backend, self.prepared, cfg.ctf, self.frame, self.pixel_offsets_a,
             self.defocus_offsets_a, self.template.volume, pad, self.box,
-            self._run_threads)
+            self._run_threads, self.frame_fft())
         self._rots = euler_to_matrix(*self.orientations.T)
         self._alloc_state()
         if self._resume_state is not None:
@@ -262,11 +223,22 @@ class Search:
     def _restore(self, p: SearchPartial):
         """Load accumulated statistics (a checkpoint, or a complete partial to finish)."""
         self.stats.restore(p)
+        self._restored_fft = p.info.get("fft")
         self._elapsed_before = float(p.info.get("elapsed_s", 0.0))
         if p.info.get("batch_size"):
             # The batch boundaries of the interrupted run, so the remaining batches are
             # exactly the ones it had not added yet.
             self._fixed_batch_size = int(p.info["batch_size"])
+
+    def frame_fft(self) -> FrameFFT | None:
+        """The CPU's frame FFTs (None on a GPU), chosen on the first call: a resumed
+        checkpoint's (:func:`~napari_2dtm.core.fft.frame_fft_from_record`), else the fastest."""
+        if self._fft is None and not self.backend.is_gpu:
+            rs = self._resume_state
+            self._fft = (frame_fft_from_record(self.frame, self.backend.fft_kw["workers"],
+                                               rs["info"].get("fft")) if rs is not None
+                         else frame_fft(self.frame, self.backend.fft_kw["workers"]))
+        return self._fft
 
     def _gpu_free_bytes(self) -> int | None:
         return _correlate.gpu_free_bytes(self.backend.xp) if self.backend.is_gpu else None
@@ -291,7 +263,7 @@ class Search:
 
     def estimate_seconds(self) -> float:
         """Rough run time: timed inverse FFTs of the search frame x CCs x overhead."""
-        return _correlate.estimate_seconds(self.frame, self.n_cc_total, self.backend)
+        return _correlate.estimate_seconds(self.frame, self.n_cc_total, self.backend, self.frame_fft())
 
     def _batches(self, bs: int) -> list[tuple[int, int, int]]:
         """All ``(pixel_plane, o_start, o_stop)`` batches of this search, in order.
@@ -356,10 +328,20 @@ class Search:
                 tm["checkpoint_s"] += t_ckpt - now
                 done_at_ckpt = done
             if now - t_last >= snap_wait and done < total:
-                snap = self._snapshot(done, total, self._elapsed(now))
+                first = getattr(self, "_self_match", None) is None
+                try:
+                    snap = self._snapshot(done, total, self._elapsed(now))
+                except Cancelled:  # during the self-match: keep the work done so far
+                    if self.checkpoint_path is not None and done > done_at_ckpt:
+                        self.save_checkpoint()
+                    raise
                 t_last = time.perf_counter()
-                # Snapshots of large maps cost ~1 s: keep them under ~10% of the time.
-                snap_wait = max(cfg.progress_interval_s, 10.0 * (t_last - now))
+                # Snapshots of large maps cost ~1 s: keep them under ~10% of the time (the
+                # template's self-match, made once at the first one, does not count). An
+                # interval of 0 asks for every batch (a paced consumer: teaching mode).
+                cost = t_last - now - (getattr(self, "_self_match_s", 0.0) if first else 0.0)
+                snap_wait = (max(cfg.progress_interval_s, 10.0 * cost)
+                             if cfg.progress_interval_s > 0 else 0.0)
                 yield snap
         self._corr.release()  # full-frame buffers: not needed for the maps
         if self.checkpoint_path is not None and done > done_at_ckpt:
@@ -390,8 +372,13 @@ class Search:
         fidx = didx + ip * n_df
         gidx = (o0 + pidx + n_or * (didx + n_df * ip)).astype(np.int32)
         # a bounded number of maps at once, so memory stays bounded with many planes
-        cm = _correlate.map_chunk(m, self.frame, self.image_shape,
-                                  self.backend.fft_kw.get("workers", 1), self._gpu_free_bytes())
+        if self.backend.is_gpu:
+            # GPU: all the batch's maps in one chunk when they fit (the plan's buffers); each
+            # chunk is one fused multiply, one batched C2R and one fused statistics kernel
+            cm = self._corr.gpu_maps_per_chunk(m)
+        else:
+            cm = _correlate.map_chunk(m, self.frame, self.image_shape,
+                                      self.backend.fft_kw.get("workers", 1), None)
         for c0 in range(0, m, cm):
             c1 = min(m, c0 + cm)
             t3 = time.perf_counter()
@@ -418,6 +405,7 @@ class Search:
             "n_pixel_planes": len(self.pixel_offsets_a),
             "orientation_range": [a, b],
             "batch_size": self._batch_size_used or self._fixed_batch_size,
+            "fft": record_of(self._fft, self._restored_fft, wisdom=True),  # for a resume
             "elapsed_s": elapsed,
             "complete": stats.n_cc >= self.n_cc_total,
             "search_shape": list(self.image_shape),
@@ -505,80 +493,11 @@ class Search:
         return _valid_mask(self.image_shape, self.input_shape, self.prepared.binning,
                            self.border_px)
 
-    def _snapshot(self, done, total, elapsed, done_flag=False):
-        n_df_px = self.n_planes
-        n = max(1, done)
-        if done_flag and self.result is not None:
-            maps = self.result.maps
-        else:
-            maps, _, _ = score_maps(self.stats, n, self.valid_mask(), full=False)
-        rate = (done / n_df_px) / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / n_df_px / rate if rate > 0 else float("inf")
-        return SearchProgress(
-            fraction=done / total, n_done=done, n_total=total, elapsed_s=elapsed,
-            orientations_per_s=rate, eta_s=eta, mip=maps["mip"], zscore=maps["zscore"],
-            snr=maps["snr"], pixel_size_a=self.pixel_size_a, done=done_flag,
-        )
+    def _snapshot(self, done, total, elapsed, done_flag=False) -> SearchProgress:
+        return snapshot(self, done, total, elapsed, done_flag)
 
     def _finish(self, elapsed) -> SearchResult:
-        from .detect import extract_hits, false_alarm_threshold  # noqa: PLC0415
-
-        n = self.n_cc_total
-        valid = self.valid_mask()
-        maps, gmean, gsig = score_maps(self.stats, n, valid)
-        maps.update(parameter_maps(self.stats.best, valid, self.orientations,
-                                   self.defocus_offsets_a, self.pixel_size_a + self.pixel_offsets_a))
-        maps["defocus"] = (self.config.ctf.defocus_mean_a + maps["defocus_offset"]).astype(np.float32)
-        n_valid = int(valid.sum())
-        n_trials = float(n_valid) * n
-        thr = false_alarm_threshold(n_trials, self.config.n_false_positives)
-        meta = {
-            "config": self.config.to_dict(),
-            "input_shape": list(self.input_shape),
-            "input_pixel_size_a": self.input_pixel_size_a,
-            "search_pixel_size_a": self.pixel_size_a,
-            "search_shape": list(self.image_shape),
-            "binning": list(self.prepared.binning),
-            "frame_shape": list(self.frame),
-            "template": {"source": self.template.source, "box": self.template.box,
-                         "pixel_size_a": self.template.pixel_size_a,
-                         "search_box": self.box, "params": _jsonable(self.template.params)},
-            "n_orientations": self.n_orientations,
-            "n_orientations_total": self.n_orientations_total,
-            "orientation_range": list(self.orientation_range),
-            "defocus_offsets_a": self.defocus_offsets_a.tolist(),
-            "pixel_size_offsets_a": self.pixel_offsets_a.tolist(),
-            "n_cc_per_pixel": n,
-            "n_valid_pixels": n_valid,
-            "n_trials": n_trials,
-            "threshold": thr,
-            "border_px": self.border_px,
-            "particle_radius_px": self.particle_radius_px,
-            "peak_radius_px": self.peak_radius_px,
-            "cc_global_mean": gmean,
-            "cc_global_std": gsig,
-            "device": self.backend.name,
-            "elapsed_s": elapsed,
-            "timing": dict(self._timing),
-            "cc_per_s": n / elapsed if elapsed > 0 else None,
-            "identity": self.identity(),
-            "resumed_from_cc": int(self._resumed_from),
-            "euler_convention": "ZYZ (RELION/cisTEM), degrees",
-            "pixel_origin": "0-based pixel centres; x = column, y = row",
-        }
-        res = SearchResult(maps=maps, pixel_size_a=self.pixel_size_a,
-                           input_pixel_size_a=self.input_pixel_size_a, threshold=thr,
-                           n_trials=n_trials, hits=None, metadata=meta, valid_mask=valid)
-        res.hits = extract_hits(res, ctf=self.config.ctf)
-        return res
-
-
-def _jsonable(d):
-    try:
-        json.dumps(d)
-        return d
-    except TypeError:
-        return {k: str(v) for k, v in dict(d).items()}
+        return finish(self, elapsed)
 
 
 def search(image, pixel_size_a: float, template, config: SearchConfig | None = None,

@@ -13,7 +13,8 @@
 * which orientation ranges of which pixel-size planes are done (for checkpoints).
 
 One pass per chunk of maps updates all four arrays, reading each map once
-(:func:`napari_2dtm.core._kernels.update_stats`; the GPU runs its array-module reference).
+(:func:`napari_2dtm.core._kernels.update_stats`; on a GPU the fused kernel of
+:mod:`napari_2dtm.core._gpu`, whose NumPy reference is the same computation).
 
 From ``n`` CCs per pixel, :func:`score_maps` makes ``mean = s1 / n``,
 ``std = sqrt(s2 / n - mean^2)``, ``zscore = (mip - mean) / std`` and
@@ -70,9 +71,10 @@ class RunningStats:
         run: thread runner for the CPU kernel (rows split across threads)."""
         ny, nx = self.shape
         xp = self.xp
-        if xp is not np:
-            _kernels.update_stats_reference(ccs, xp.asarray(scales), xp.asarray(gidx), self.mip,
-                                            self.best, self.s1, self.s2, ny, nx, xp=xp)
+        if xp is not np:  # one fused kernel reads each map once (same sums as the CPU's)
+            from napari_2dtm.core import _gpu  # noqa: PLC0415
+
+            _gpu.update_stats(ccs, scales, gidx, self.mip, self.best, self.s1, self.s2, ny, nx)
         else:
             _kernels.update_stats(ccs, scales, gidx, self.mip, self.best, self.s1, self.s2,
                                   ny, nx, run=run)
