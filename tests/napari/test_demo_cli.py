@@ -6,8 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers.planting import match
 from napari_2dtm import read_results
 from napari_2dtm.cli.main import main
+from napari_2dtm.samples import DEMO, simulate_sample
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,10 @@ def test_headless_demo_saves_results_and_a_screenshot(demo_run, capsys):
     code, out = demo_run
     assert code == 0
     res = read_results(out / "results")
-    assert len(res.hits) >= 8
+    # exactly the 8 planted particles, no other hit (the z-score gave 13 hits here)
+    truth = simulate_sample(DEMO).truth[["x", "y"]].to_numpy(float)
+    assert res.metadata["hits_metric"] == "zbg"
+    assert len(res.hits) == 8 and len(match(res.hits, truth, 3.0)) == 8
     meta = json.loads((out / "results" / "search.json").read_text())
     assert meta["micrograph"].endswith("input/2DTM_demo.mrc")
     png = out / "screenshot.png"
