@@ -145,8 +145,8 @@ def contamination_mask(image: np.ndarray, mip, mean, sigma_bg, valid, radius_px:
     disk = yy * yy + xx * xx <= r * r
     n = float(disk.sum())
     local = signal.fftconvolve(img * img, disk / n, mode="same")
-    v_bg = np.maximum(background_spread(np.sqrt(np.maximum(local, 0)), np.ones(img.shape, bool),
-                                        window_px).astype(np.float64) ** 2, 1e-12)
+    v_bg = np.maximum(_tiles(local, np.ones(img.shape, bool), window_px,
+                             lambda b: np.nanmedian(b, axis=-1)), 1e-12)
     excess = (local / v_bg - 1.0) * n
     height = np.where(valid, (mip.astype(np.float64) - mean) / np.maximum(sigma_bg, 1e-12), 0.0)
     a2 = (ndimage.maximum_filter(height, size=2 * r + 1) / max(rho_max, 0.1)) ** 2
@@ -191,7 +191,7 @@ def search_self_match(search) -> dict:
     """The template's self-match on a :class:`~napari_2dtm.search.engine.Search`'s grid
     (:func:`~napari_2dtm.search.self_match.self_inflation`, nominal pixel-size plane),
     computed once per search."""
-    sm = getattr(search, "_self_match", None)
+    sm = search._self_match
     if sm is None:
         import time  # noqa: PLC0415
 

@@ -141,8 +141,8 @@ def extract_hits(result, metric: str | None = None, threshold: float | None = No
     valid = result.valid_mask
     m = valid if mask is None else (mask if valid is None else (mask & valid))
     detection = result.metadata.get("detection", {})
-    if metric == "zbg" and "excluded" in maps:
-        clean = maps["excluded"] < 0.5
+    clean = maps["excluded"] < 0.5 if metric == "zbg" and "excluded" in maps else None
+    if clean is not None:
         m = clean if m is None else (m & clean)
     if metric == "neg_log_p":
         # -ln p is a calibrated p-value only on its ranked population (local maxima of
@@ -159,7 +159,6 @@ def extract_hits(result, metric: str | None = None, threshold: float | None = No
         # Side lobes are explained by every strong peak, also one under the user's mask
         # (masking a particle must not turn its side lobes into hits): peaks first,
         # then the mask.
-        clean = maps["excluded"] < 0.5 if "excluded" in maps else None
         base = valid if clean is None else (clean if valid is None else valid & clean)
         pk = find_peaks(maps[metric], thr, radius_px, mask=base)
         sig = maps[metric][pk[:, 0], pk[:, 1]] >= result.threshold

@@ -164,6 +164,9 @@ class Search:
         self._session_start: float | None = None  # perf_counter() when run() started
         self._resumed_from = 0  # CCs per pixel already done when run() started
         self._timing: dict[str, float] = {}  # seconds per loop stage, filled by run()
+        # the template's self-match and its seconds (search.background.search_self_match)
+        self._self_match: dict | None = None
+        self._self_match_s = 0.0
 
         # --- checkpoint: check now (before any work) that it belongs to this search ---
         self.checkpoint_path = Path(checkpoint) if checkpoint else None
@@ -328,7 +331,7 @@ class Search:
                 tm["checkpoint_s"] += t_ckpt - now
                 done_at_ckpt = done
             if now - t_last >= snap_wait and done < total:
-                first = getattr(self, "_self_match", None) is None
+                first = self._self_match is None
                 try:
                     snap = self._snapshot(done, total, self._elapsed(now))
                 except Cancelled:  # during the self-match: keep the work done so far
@@ -339,7 +342,7 @@ class Search:
                 # Snapshots of large maps cost ~1 s: keep them under ~10% of the time (the
                 # template's self-match, made once at the first one, does not count). An
                 # interval of 0 asks for every batch (a paced consumer: teaching mode).
-                cost = t_last - now - (getattr(self, "_self_match_s", 0.0) if first else 0.0)
+                cost = t_last - now - (self._self_match_s if first else 0.0)
                 snap_wait = (max(cfg.progress_interval_s, 10.0 * cost)
                              if cfg.progress_interval_s > 0 else 0.0)
                 yield snap

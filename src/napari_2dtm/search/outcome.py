@@ -134,7 +134,7 @@ def finish(search, elapsed) -> SearchResult:
         "device_name": search.backend.description,
         "fft": record_of(search._fft, search._restored_fft),
         "elapsed_s": elapsed,
-        "timing": {**search._timing, "self_match_s": getattr(search, "_self_match_s", 0.0)},
+        "timing": {**search._timing, "self_match_s": search._self_match_s},
         "cc_per_s": n / elapsed if elapsed > 0 else None,
         "identity": search.identity(),
         "resumed_from_cc": int(search._resumed_from),

@@ -213,12 +213,15 @@ def self_inflation(volume, template_pixel_a: float, box: int, pixel_size_a: floa
     # side lobes: a few references against the near set and a large sample (the largest
     # match of a shifted view is what counts: a small sample would miss it), own plane
     lobe_pick = np.sort(rng.choice(n, size=min(n, _LOBE_SAMPLE), replace=False))
+    lobe_spec = sm.spectra(rots[lobe_pick])  # shared by the references
     lobe = np.zeros(sm.box + 1)
     for i in range(min(_N_LOBE_REF, n_ref)):
         check()
         plane = int(np.argmin(np.abs(dfs - ref_df[i])))
-        idx = np.union1d(nears[i], lobe_pick)
-        m = sm.cc_max_map(refs[i], sm.spectra(rots[idx]), plane)
+        m = sm.cc_max_map(refs[i], lobe_spec, plane)
+        extra = np.setdiff1d(nears[i], lobe_pick)
+        if extra.size:
+            np.maximum(m, sm.cc_max_map(refs[i], sm.spectra(rots[extra]), plane), out=m)
         prof = _radial_max(m)[: sm.box + 1]
         if prof[0] > 0:
             lobe = np.maximum(lobe, np.clip(prof / prof[0], 0, 1))
