@@ -104,6 +104,34 @@ def test_choice_is_timed_once_and_recorded(monkeypatch):
     assert a.name in a.describe()
 
 
+def test_choice_is_remembered_by_the_machine_for_later_processes(monkeypatch, tmp_path):
+    # A later process (a resume, a dask shard) must not re-time and land on another
+    # library: near-equal timings flip, and libraries round differently.
+    monkeypatch.delenv(fft.ENV_VAR, raising=False)
+    monkeypatch.setenv("NAPARI_2DTM_CACHE", str(tmp_path))
+    frame = (56, 60)
+    first = fft.frame_fft(frame, 2)
+    assert first.chosen_by == "timing"
+    memo = list((tmp_path / "fftw").glob("choice-*56x60.json"))
+    assert len(memo) == 1
+    monkeypatch.setattr(fft, "_CHOSEN", {})  # as a new process
+    # Whatever the timing would say now, the remembered library is used: write another
+    # installed library into the memory and it is the one taken.
+    other = [n for n in HERE if n != first.name] or [first.name]
+    memo[0].write_text(memo[0].read_text().replace(f'"library": "{first.name}"',
+                                                   f'"library": "{other[0]}"'))
+    again = fft.frame_fft(frame, 1)  # other threads: the same memory
+    assert again.chosen_by == "remembered" and again.name == other[0]
+    assert set(again.floors_s) == set(first.floors_s)
+    # a memory naming a library that is not installed (or garbage) is timed afresh
+    monkeypatch.setattr(fft, "_CHOSEN", {})
+    memo[0].write_text('{"library": "fftpack", "floors_ms": {}}')
+    assert fft.frame_fft(frame, 2).chosen_by == "timing"
+    monkeypatch.setattr(fft, "_CHOSEN", {})
+    monkeypatch.setenv("NAPARI_2DTM_CACHE", "off")  # no cache: timed in every process
+    assert fft.frame_fft(frame, 2).chosen_by == "timing"
+
+
 def test_env_var_forces_a_library_and_rejects_unknown_names(monkeypatch):
     monkeypatch.setenv(fft.ENV_VAR, "pocketfft")
     assert fft.frame_fft((64, 72), 2).name == "pocketfft"

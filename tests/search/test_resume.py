@@ -112,9 +112,14 @@ def test_killed_search_resumes_to_the_same_maps(case, tmp_path, capsys):
     assert not ckpt.exists()  # removed once the results are written
     resumed = read_results(out)
 
+    # The same FFT library in the killed process, its resume and this one: the machine's
+    # cache remembers the timed choice (libraries round differently: near-tied planes).
+    lib = killed_at["info"]["fft"]["library"]
+    assert resumed.metadata["fft"]["library"] == lib
     ref_out = tmp_path / "uninterrupted"
     assert main(_args(d, ref_out, "--checkpoint-interval", "0")) == 0
     ref = read_results(ref_out)
+    assert ref.metadata["fft"]["library"] == lib
     _assert_same_results(resumed, ref)
     assert len(match(ref.hits, truth, 3)) >= 2  # a coarse grid: not every particle
     # the resumed process did only the remaining work

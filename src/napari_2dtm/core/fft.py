@@ -25,10 +25,12 @@ Three libraries can make them:
     Intel MKL through ``mkl_fft`` (the ``fast`` extra, x86-64 only), one MKL thread per
     calling thread; unnormalised inverse as FFTW.
 
-:func:`frame_fft` picks one per process and frame shape by a short timing of each
+:func:`frame_fft` picks one per frame shape and thread count by a short timing of each
 installed library in the engine's own pattern (:func:`throughput_seconds`: one map per
 thread, all threads, seconds per map at full throughput: the floor an engine can
-reach), as FFTW's planner picks among algorithms. ``NAPARI_2DTM_FFT`` (``auto``,
+reach), as FFTW's planner picks among algorithms, and the machine's cache remembers the
+choice, so every later process (a resume, dask shards, the same search again) uses the
+same library and makes the same maps. ``NAPARI_2DTM_FFT`` (``auto``,
 ``fftw``, ``mkl``, ``pocketfft``) or the ``library`` argument forces one.
 
 Libraries round differently (maps agree to ~1e-6 relative), and FFTW's measured plans can
@@ -412,28 +414,83 @@ def throughput_seconds(fft: FrameFFT, threads: int | None = None, budget_s: floa
 def frame_fft(frame: tuple[int, int], workers: int, library: str | None = None) -> FrameFFT:
     """The FFTs for ``frame`` with ``workers`` threads: ``library`` (default
     :func:`requested`), or with ``auto`` the installed library of the shortest
-    :func:`throughput_seconds`. Chosen and planned once per process, frame and threads."""
+    :func:`throughput_seconds`, timed once per machine and frame and remembered
+    in the disk cache (:func:`_remembered_or_timed`). Planned once per process."""
     lib = library or requested()
     key = (tuple(int(v) for v in frame), int(workers), lib)
     with _CHOICE_LOCK:
         got = _CHOSEN.get(key)
         if got is not None:
             return got
-        names = installed() if lib == "auto" else (lib,)
-        made = {n: make(n, frame, workers) for n in names}
-        # Interleaved short timings, the best of each: another process's burst of work
-        # slows one of them, not the same library every time.
-        floors = {n: np.inf for n in names}
-        for _ in range(3 if len(names) > 1 else 1):
-            for n, f in made.items():
-                floors[n] = min(floors[n], throughput_seconds(f, budget_s=0.05))
-        best = min(floors, key=floors.get)
-        got = made[best]
-        got.floor_s = floors[best]
-        got.floors_s = floors
-        got.chosen_by = "timing" if lib == "auto" else ("argument" if library else ENV_VAR)
+        if lib != "auto":
+            got = make(lib, frame, workers)
+            got.floor_s = throughput_seconds(got, budget_s=0.05)
+            got.floors_s = {lib: got.floor_s}
+            got.chosen_by = "argument" if library else ENV_VAR
+        else:
+            got = _remembered_or_timed(key[0], int(workers))
         _CHOSEN[key] = got
         return got
+
+
+def _timed_choice(frame, workers) -> tuple[str, dict[str, float]]:
+    """The installed library of the shortest :func:`throughput_seconds`, and every floor."""
+    made = {n: make(n, frame, workers) for n in installed()}
+    # Interleaved short timings, the best of each: another process's burst of work
+    # slows one of them, not the same library every time.
+    floors = {n: np.inf for n in made}
+    for _ in range(3 if len(made) > 1 else 1):
+        for n, f in made.items():
+            floors[n] = min(floors[n], throughput_seconds(f, budget_s=0.05))
+    return min(floors, key=floors.get), floors
+
+
+def _choice_file(frame) -> Path | None:
+    # Per frame, not per thread count: a resume or a dask worker with other threads
+    # must land on the same library (the timing of the first process decides).
+    d = cache_dir()
+    hs, ws = frame
+    return None if d is None else d / f"choice-{platform.machine()}-{hs}x{ws}.json"
+
+
+def _remembered_or_timed(frame, workers) -> FrameFFT:
+    """``auto``: the library this machine's cache remembers for the frame, else the timed choice, remembered. Timings of near-equal libraries flip from
+    process to process, and libraries round differently, so without the memory the
+    processes of one search (dask shards, a resume, the same search run twice) could
+    give maps that differ in the last bit and argmaxes of near-ties (defocus, angles)
+    that differ outright. Delete the cache folder to time again."""
+    import json  # noqa: PLC0415
+
+    import filelock  # noqa: PLC0415
+
+    path = _choice_file(frame)
+    lock = contextlib.nullcontext()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(str(path) + ".lock", timeout=120)
+        except OSError:  # a cache that cannot be written: time in every process
+            path = None
+    with lock:  # processes starting together time once, not each its own way
+        memo = None
+        if path is not None and path.is_file():
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                m = json.loads(path.read_text())
+                if m["library"] in installed():
+                    memo = m["library"], {k: float(v) / 1e3 for k, v in m["floors_ms"].items()}
+        chosen_by = "remembered"
+        if memo is None:
+            memo, chosen_by = _timed_choice(frame, workers), "timing"
+            if path is not None:
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                with contextlib.suppress(OSError):
+                    tmp.write_text(json.dumps({"library": memo[0], "floors_ms": {
+                        k: v * 1e3 for k, v in memo[1].items()}}))
+                    os.replace(tmp, path)
+        name, floors = memo
+        got = make(name, frame, workers)
+    got.floor_s, got.floors_s, got.chosen_by = floors[name], floors, chosen_by
+    return got
 
 
 def record_of(fft: FrameFFT | None, restored: dict | None, wisdom: bool = False) -> dict | None:
