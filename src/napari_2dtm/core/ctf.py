@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_2dtm.errors import InputError
 
-__all__ = ["CTFParams", "wavelength_a", "ctf_2d", "read_ctffind", "frequency_grid"]
+__all__ = ["CTFParams", "wavelength_a", "ctf_2d", "ctf_at", "read_ctffind", "frequency_grid"]
 
 
 def wavelength_a(voltage_kv: float) -> float:
@@ -116,6 +116,27 @@ def ctf_2d(
     if params.bfactor_a2:
         c = c * xp.exp(-params.bfactor_a2 * k2 / 4.0)
     return c.astype(xp.float32)
+
+
+def ctf_at(params: CTFParams, ky_a, kx_a, defocus_offset_a: float = 0.0):
+    """CTF and its derivative with respect to defocus (per Angstrom) at frequencies
+    ``(ky_a, kx_a)`` (1/Angstrom, any matching shapes), float64: the formula of
+    :func:`ctf_2d` at arbitrary points, for gradient-based refinement.
+    ``d CTF / d defocus = -cos(chi) * pi * lambda * k^2`` (times the B-factor envelope)."""
+    ky_a = np.asarray(ky_a, np.float64)
+    kx_a = np.asarray(kx_a, np.float64)
+    k2 = kx_a * kx_a + ky_a * ky_a
+    ang = np.arctan2(ky_a, kx_a)
+    lam = wavelength_a(params.voltage_kv)
+    cs_a = params.cs_mm * 1e7
+    d1 = params.defocus1_a + defocus_offset_a
+    d2 = params.defocus2_a + defocus_offset_a
+    df = 0.5 * (d1 + d2 + (d1 - d2) * np.cos(2.0 * (ang - math.radians(params.astigmatism_angle_deg))))
+    ac = params.amplitude_contrast
+    w = math.atan2(ac, math.sqrt(1.0 - ac * ac))
+    chi = math.pi * lam * k2 * (df - 0.5 * lam * lam * k2 * cs_a) + math.radians(params.phase_shift_deg) + w
+    env = np.exp(-params.bfactor_a2 * k2 / 4.0) if params.bfactor_a2 else 1.0
+    return -np.sin(chi) * env, -np.cos(chi) * (math.pi * lam * k2) * env
 
 
 _HEADER_PATTERNS = {

@@ -1,5 +1,8 @@
 """Local refinement of hits: pose, defocus and sub-pixel position, coarse to fine.
 
+:func:`refine_hits` refines by gradient (:mod:`napari_2dtm.hits.gradient`, the default)
+or on the nested local grids described here (``method="grid"``).
+
 Each stage is one :func:`napari_2dtm.hits.local.local_search` around the previous stage's
 best pose, defocus and position, so scores stay on the search's scale (normalised CC;
 z-score from the search's per-pixel mean and SD; SNR over its global sigma). The default
@@ -38,7 +41,7 @@ from napari_2dtm.search.results import ResultsFolder
 
 from .local import LocalScorer, local_search
 
-__all__ = ["RefineStage", "DEFAULT_STAGES", "refine_hits", "stages_from"]
+__all__ = ["RefineStage", "DEFAULT_STAGES", "METHODS", "refine_hits", "stages_from"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +104,22 @@ def stages_from(out_of_plane_step_deg: float = 2.5, in_plane_step_deg: float = 1
     return tuple(poses[:k]) + (coarse,) + tuple(poses[k:]) + (fine,)
 
 
+#: refinement methods: ``gradient`` (L-BFGS on the differentiable score,
+#: :mod:`napari_2dtm.hits.gradient`) and ``grid`` (the nested local grids above)
+METHODS = ("gradient", "grid")
+
+
 def refine_hits(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: CTFParams, *,
-                stages: Sequence[RefineStage] | None = None, result=None,
-                high_res_limit_a: float | None = None,
+                method: str | None = None, stages: Sequence[RefineStage] | None = None,
+                result=None, high_res_limit_a: float | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 cancel: threading.Event | None = None) -> pd.DataFrame:
-    """Refine every hit's pose, defocus and position through ``stages``.
+    """Refine every hit's pose, defocus and position.
+
+    method: ``gradient`` (the default without ``stages``: from 3-5 degrees and a few
+    pixels away to the score's optimum, see :mod:`napari_2dtm.hits.gradient`) or ``grid``
+    (through ``stages``; the default when they are given).
+    The columns below are the same for both.
 
     image: ``(ny, nx)`` micrograph at ``pixel_size_a``; template: Template, path or
     array; hits: DataFrame with x, y (micrograph pixels), phi, theta, psi (deg) and
@@ -122,6 +135,18 @@ def refine_hits(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: C
     """
     from napari_2dtm.core.geometry import angular_distance_deg, euler_to_matrix  # noqa: PLC0415
 
+    if method is None:
+        method = "grid" if stages else "gradient"
+    if method not in METHODS:
+        raise InputError(f"refinement method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "gradient":
+        if stages:
+            raise InputError("refinement stages are grid steps: use method='grid' with them")
+        from .gradient import refine_hits_gradient  # noqa: PLC0415
+
+        return refine_hits_gradient(image, pixel_size_a, template, hits, ctf, result=result,
+                                    high_res_limit_a=high_res_limit_a, progress=progress,
+                                    cancel=cancel)
     stages = tuple(DEFAULT_STAGES if stages is None else stages)
     if not stages:
         raise InputError("no refinement stages given")
@@ -160,4 +185,5 @@ def refine_hits(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: C
     cur["refine_angle_deg"] = angular_distance_deg(a0, a1)
     cur.attrs["refine_seconds"] = time.perf_counter() - t0
     cur.attrs["refine_stages"] = [s.to_dict() for s in stages]
+    cur.attrs["refine_method"] = "grid"
     return cur

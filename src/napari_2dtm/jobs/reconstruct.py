@@ -41,7 +41,7 @@ import pandas as pd
 
 from napari_2dtm.core.ctf import CTFParams
 from napari_2dtm.errors import Cancelled, InputError
-from napari_2dtm.hits.refine import DEFAULT_STAGES, RefineStage, refine_hits
+from napari_2dtm.hits.refine import RefineStage, refine_hits
 from napari_2dtm.io.mrc import atomic_dir, output_lock, read_micrograph, write_mrc
 from napari_2dtm.io.records import plain, strict
 from napari_2dtm.plots import save_fsc
@@ -86,8 +86,8 @@ class JobSettings:
     """Parameters of a job (saved in ``reconstruct.json``).
 
     box: particle box in pixels (None: 1.25 x the template box, even); refine: run the
-    local refinement (``stages``: :data:`napari_2dtm.hits.refine.DEFAULT_STAGES` by
-    default); min_score / score_column: keep hits with that score at least; symmetry,
+    local refinement (by gradient; with ``stages``, on those local grids instead);
+    min_score / score_column: keep hits with that score at least; symmetry,
     pad, ssnr, mask ("auto", "template" or None) as in :func:`reconstruct`;
     omit_divisor: Omega mask divisor.
     """
@@ -115,8 +115,9 @@ class JobSettings:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        d["refine_method"] = ("grid" if self.stages else "gradient") if self.refine else None
         d["stages"] = [dataclasses.asdict(s) if isinstance(s, RefineStage) else s
-                       for s in (self.stages or DEFAULT_STAGES)] if self.refine else None
+                       for s in self.stages] if self.refine and self.stages else None
         return d
 
 
@@ -397,7 +398,7 @@ def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, f
                              "of the first micrograph")
     t_main, t_omit = _templates(template, omit_template, mics[0], px)
     box = int(s.box) if s.box else _default_box(t_main)
-    stages = tuple(s.stages) if s.stages else DEFAULT_STAGES
+    stages = tuple(s.stages) if s.stages else None  # grid steps given: the grid method
     timings: dict[str, float] = {}
     selected = [_selected(m, s) for m in mics]
     total_hits = sum(len(h) for h in selected)
@@ -433,7 +434,8 @@ def _run(mics: list[MicrographInput], template, omit_template, s: JobSettings, f
                            f" ({int(i * nh / max(n, 1))}/{nh} hits)")
 
                 refined = refine_hits(m.image, m.pixel_size_a, tmpl, hits, m.ctf,
-                                      stages=stages, result=m.result, progress=prog,
+                                      method="grid" if stages else "gradient", stages=stages,
+                                      result=m.result, progress=prog,
                                       cancel=cancel)
             else:
                 refined = hits.copy()
