@@ -62,14 +62,15 @@ def test_gradient_matches_finite_differences(case, band):
         # smallest error counts (a face crossed by one step is missed by another).
         errs = []
         for h in (1e-7, 3e-8):
-            fd_r = np.array([_fd(lambda t, e=e: ps.value(rotvec_matrix(t * e) @ a0, s0, d0), 0.0, h)
+            fd_r = np.array([_fd(lambda t, e=e, a0=a0, s0=s0, d0=d0:
+                                 ps.value(rotvec_matrix(t * e) @ a0, s0, d0), 0.0, h)
                              for e in np.eye(3)])
             errs.append(np.abs(fd_r - g_rot).max() / np.abs(fd_r).max())
         assert min(errs) < 1e-3, errs
-        fd_s = np.array([_fd(lambda t, e=e: ps.value(a0, s0 + t * e, d0), 0.0, 1e-6)
-                         for e in np.eye(2)])
+        fd_s = np.array([_fd(lambda t, e=e, a0=a0, s0=s0, d0=d0: ps.value(a0, s0 + t * e, d0),
+                             0.0, 1e-6) for e in np.eye(2)])
         np.testing.assert_allclose(g_s, fd_s, rtol=1e-3, atol=1e-3 * np.abs(fd_s).max())
-        fd_d = _fd(lambda t: ps.value(a0, s0, d0 + t), 0.0, 1e-3)
+        fd_d = _fd(lambda t, a0=a0, s0=s0, d0=d0: ps.value(a0, s0, d0 + t), 0.0, 1e-3)
         assert g_d == pytest.approx(fd_d, rel=1e-3, abs=1e-3 * abs(fd_d) + 1e-9)
 
 
