@@ -17,7 +17,7 @@ from napari_2dtm.io.micrographs import read_micrograph_with_ctf
 from napari_2dtm.io.mrc import output_lock
 from napari_2dtm.jobs.search import HITS_METRICS, SearchStarted, run_search
 from napari_2dtm.search.checkpoint import checkpoint_path_for, read_state
-from napari_2dtm.search.config import SearchConfig
+from napari_2dtm.search.config import STRATEGIES, SearchConfig
 from napari_2dtm.search.results import ResultsFolder, results_dir_problem
 
 
@@ -49,6 +49,11 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--high-res-limit", type=float, default=None, metavar="A",
                    help="search resolution limit in A: Fourier-crops image and template to "
                         "pixel = limit/2 (the main speed lever; default: full resolution)")
+    s.add_argument("--strategy", choices=list(STRATEGIES), default="exhaustive",
+                   help="exhaustive: every orientation and defocus plane at full resolution; "
+                        "fast: half resolution and twice the steps, then every candidate "
+                        "refined by gradient at full resolution, with the exhaustive search's "
+                        "threshold (docs/fast_search.md)")
     d = p.add_argument_group("detection and compute")
     d.add_argument("--n-false-positives", type=float, default=1.0, metavar="N",
                    help="expected false positives per micrograph for the threshold (1)")
@@ -85,6 +90,7 @@ def config_from_args(args) -> tuple[SearchConfig, float | None]:
         high_res_limit_a=args.high_res_limit, n_false_positives=args.n_false_positives,
         peak_radius_px=args.peak_radius, device=args.device, batch_size=args.batch_size,
         checkpoint_interval_s=getattr(args, "checkpoint_interval", 300.0),
+        strategy=getattr(args, "strategy", "exhaustive"),
     )
     return cfg, px_from_ctffind
 
@@ -162,6 +168,11 @@ def _run_locked(args, out: Path) -> int:
                   f"{p.n_planes} planes = {p.n_cc_total} cross-correlations on "
                   f"{p.search.backend.description}"
                   + (f", {fft.describe()}" if fft is not None else ""), file=sys.stderr)
+            if cfg.strategy == "fast":
+                c = p.search.coarse.config
+                print(f"strategy fast: this coarse stage at {c.high_res_limit_a:g} A resolution, "
+                      f"{c.out_of_plane_step_deg:g} / {c.in_plane_step_deg:g} deg steps; then its "
+                      "candidates refined by gradient at full resolution", file=sys.stderr)
             if args.resume and ckpt.exists():
                 done = read_state(ckpt)["n_cc"] / max(1, p.n_cc_total)
                 print(f"resuming from {ckpt}: {100 * done:.1f}% done", file=sys.stderr)
@@ -188,6 +199,10 @@ def _run_locked(args, out: Path) -> int:
     if meta.get("cc_per_s"):  # the rate this run measured, and on what
         print(f"{meta['cc_per_s']:,.0f} cross-correlations/s on "
               f"{meta.get('device_name') or meta.get('device')}", file=sys.stderr)
+    if meta.get("strategy") == "fast":
+        f = meta["fast"]
+        print(f"{f['n_candidates']} candidates refined in {f['refine_seconds']:.1f} s",
+              file=sys.stderr)
     print(f"{len(res.hits)} hits with {view.hits_metric} >= {view.hits_threshold:.2f}; "
           f"results in {out}", file=sys.stderr)
     return 0

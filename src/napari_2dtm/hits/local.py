@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import scipy.fft as sfft
 
-from napari_2dtm.core.ctf import CTFParams, ctf_2d, wavelength_a
+from napari_2dtm.core.ctf import CTFParams, ctf_2d
 from napari_2dtm.core.filters import prepare_image
 from napari_2dtm.core.geometry import euler_to_matrix, local_grid
+from napari_2dtm.core.pose_refine import padded_box_size
 from napari_2dtm.core.projection import FourierVolume, extract_slices, subtract_edge_mean
 from napari_2dtm.errors import InputError
 from napari_2dtm.search.results import ResultsFolder
@@ -87,14 +88,8 @@ class LocalScorer:
 
     def _padded_size(self, box: int, defocus_offsets_a) -> int:
         """Padded box holding the template plus its CTF delocalisation at Nyquist."""
-        px = self.pixel_size_a
-        df = abs(max(self.ctf.defocus1_a, self.ctf.defocus2_a)) + float(
-            np.max(np.abs(defocus_offsets_a)))
-        deloc_px = wavelength_a(self.ctf.voltage_kv) * df * (0.5 / px) / px
-        size = max(2 * box, box + 2 * int(math.ceil(deloc_px)))
-        size = min(size, 4 * box, 2 * max(self.image.shape))
-        size = sfft.next_fast_len(size, real=True)
-        return size + size % 2
+        return padded_box_size(box, self.ctf, defocus_offsets_a, self.pixel_size_a,
+                               self.image.shape)
 
     def _filter(self, size: int, offset_a: float) -> np.ndarray:
         key = (size, round(float(offset_a), 3))

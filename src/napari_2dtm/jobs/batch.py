@@ -315,6 +315,9 @@ def run_batch(
     if not mics:
         raise InputError("no micrographs to search")
     _check_run_settings(workers, threads_per_worker, shards)
+    if shards > 1 and config is not None and config.strategy == "fast":
+        raise InputError("--shards: the fast strategy runs each micrograph whole (its coarse "
+                         "stage is small); use --shards 1 or the exhaustive strategy")
     if pixel_size_a is not None and not (math.isfinite(pixel_size_a) and pixel_size_a > 0):
         raise InputError(f"--pixel-size must be > 0 Angstrom, got {pixel_size_a}")
     threshold = check_threshold(threshold)

@@ -27,6 +27,7 @@ from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.io.mrc import output_lock
 from napari_2dtm.search.config import check_threshold
 from napari_2dtm.search.engine import Search
+from napari_2dtm.search.fast import make_search
 from napari_2dtm.search.results import results_dir_problem, write_results
 
 __all__ = ["run_search", "save_results", "detect_hits", "SearchStarted", "estimate_job",
@@ -104,12 +105,17 @@ def detect_hits(result, metric: str | None = None, threshold: float | None = Non
     if metric not in HITS_METRICS:
         raise InputError(f"hits metric must be one of {', '.join(HITS_METRICS)}, got {metric!r}")
     view = ResultsFolder.of(result)
-    try:
-        fit = add_neg_log_p(result)
-    except ValueError as e:  # too few local maxima in a tiny image
+    fit = None
+    if result.candidates is not None:  # a fast search: no p-value (see search.fast)
         if metric == "neg_log_p":
-            raise InputError(f"{source or 'micrograph'}: no 2DTM p-value: {e}") from None
-        fit = None
+            raise InputError(f"{source or 'micrograph'}: a fast search has no 2DTM p-value "
+                             "(its maps are the coarse stage's): use zbg, zscore or snr")
+    else:
+        try:
+            fit = add_neg_log_p(result)
+        except ValueError as e:  # too few local maxima in a tiny image
+            if metric == "neg_log_p":
+                raise InputError(f"{source or 'micrograph'}: no 2DTM p-value: {e}") from None
     if threshold is None:
         threshold = (fit.threshold(view.config.n_false_positives) if metric == "neg_log_p"
                      else result.threshold)
@@ -178,8 +184,9 @@ def _run_search_locked(image, pixel_size_a, template, config, out_dir, micrograp
         raise InputError(problem)
     if cancel is not None and cancel.is_set():
         raise Cancelled("search cancelled")
-    search = Search(image, pixel_size_a, template, config, template_kwargs=template_kwargs,
-                    checkpoint=None if restart else checkpoint, micrograph_path=micrograph_path)
+    search = make_search(image, pixel_size_a, template, config, template_kwargs=template_kwargs,
+                         checkpoint=None if restart else checkpoint,
+                         micrograph_path=micrograph_path)
     if restart and checkpoint is not None:
         # The inputs are good: only now is the interrupted search given up.
         Path(checkpoint).unlink(missing_ok=True)
@@ -200,5 +207,5 @@ def _run_search_locked(image, pixel_size_a, template, config, out_dir, micrograp
 
 def estimate_job(image, pixel_size_a, template, config):
     """``(n_orientations, n_planes, n_cc_total, estimated_seconds)`` of a search."""
-    search = Search(image, pixel_size_a, template, config)
+    search = make_search(image, pixel_size_a, template, config)
     return search.n_orientations, search.n_planes, search.n_cc_total, search.estimate_seconds()

@@ -39,7 +39,7 @@ from napari_2dtm.errors import InputError
 from .checkpoint import array_digest
 
 __all__ = ["SearchConfig", "orientation_list", "defocus_offsets", "orientation_span",
-           "scoring_config", "check_threshold", "OPTION_NAMES", "MAX_PLANES"]
+           "scoring_config", "check_threshold", "OPTION_NAMES", "MAX_PLANES", "STRATEGIES"]
 
 #: config entries that do not change the scores: free to differ between a checkpoint and
 #: the search resuming it, and between orientation shards
@@ -54,7 +54,7 @@ OPTION_NAMES = {
     "pixel_size_step_a": "--pixel-size-step", "high_res_limit_a": "--high-res-limit",
     "n_false_positives": "--n-false-positives", "peak_radius_px": "--peak-radius",
     "device": "--device", "batch_size": "--batch-size",
-    "checkpoint_interval_s": "--checkpoint-interval",
+    "checkpoint_interval_s": "--checkpoint-interval", "strategy": "--strategy",
 }
 
 #: most planes (defocus x pixel size) of one search: a range/step that asks for more is a
@@ -65,6 +65,9 @@ MAX_PLANES = 1000
 MAX_OUT_OF_PLANE_STEP_DEG = 90.0
 
 _DEVICES = ("auto", "cpu", "gpu")
+
+#: search strategies (:mod:`napari_2dtm.search.fast` for ``fast``)
+STRATEGIES = ("exhaustive", "fast")
 
 
 def _label(field: str) -> str:
@@ -147,6 +150,9 @@ class SearchConfig:
     #: seconds between checkpoints of a search that has a checkpoint path (0: only at
     #: cancel and at the end)
     checkpoint_interval_s: float = 300.0
+    #: ``exhaustive`` (every orientation and plane at full resolution) or ``fast``
+    #: (coarse-to-fine with gradient refinement: :mod:`napari_2dtm.search.fast`)
+    strategy: str = "exhaustive"
 
     def __post_init__(self):
         self.validate()
@@ -195,6 +201,9 @@ class SearchConfig:
         if self.template_pad is not None:
             _count("template_pad", self.template_pad, 1)
         _number("checkpoint_interval_s", self.checkpoint_interval_s, minimum=0)
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"{_label('strategy')} must be one of {', '.join(STRATEGIES)}, "
+                             f"got {self.strategy!r}")
         if self.orientations is not None:
             try:
                 ori = np.asarray(self.orientations, dtype=np.float64)
@@ -293,6 +302,8 @@ def scoring_config(config: SearchConfig) -> dict:
     d = config.to_dict()
     for k in _RUNTIME_FIELDS:
         d.pop(k, None)
+    if d.get("strategy") == "exhaustive":
+        d.pop("strategy")  # the identity of every search made before strategies existed
     if config.orientations is not None:
         d["orientations"] = array_digest(orientation_list(config))
     return json.loads(json.dumps(d, default=str))

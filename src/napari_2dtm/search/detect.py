@@ -19,7 +19,8 @@ from scipy.spatial import cKDTree
 from scipy.special import erfc, erfcinv
 
 __all__ = ["false_alarm_threshold", "expected_false_positives", "find_peaks", "extract_hits",
-           "DEFAULT_METRIC", "default_metric", "explain_away"]
+           "DEFAULT_METRIC", "default_metric", "explain_away", "hits_from_candidates",
+           "CANDIDATE_METRICS"]
 
 HIT_COLUMNS = ["x", "y", "phi", "theta", "psi", "defocus_a", "zscore", "snr", "mip"]
 
@@ -132,6 +133,8 @@ def extract_hits(result, metric: str | None = None, threshold: float | None = No
     maps = result.maps
     if metric is None:
         metric = default_metric(maps)
+    if getattr(result, "candidates", None) is not None:  # a fast search: refined candidates
+        return hits_from_candidates(result, metric, threshold)
     if metric not in maps:
         raise ValueError(f"no map {metric!r} in the result (have {sorted(maps)})")
     thr = result.threshold if threshold is None else float(threshold)
@@ -196,3 +199,23 @@ def extract_hits(result, metric: str | None = None, threshold: float | None = No
     df["x_search"] = cols
     df["y_search"] = rows
     return df.reset_index(drop=True)
+
+
+#: statistics a fast search's candidates carry (hits are detected on one of them)
+CANDIDATE_METRICS = ("zbg", "zscore", "snr", "mip")
+
+
+def hits_from_candidates(result, metric: str = "zbg", threshold: float | None = None) -> pd.DataFrame:
+    """The hits of a fast search (:mod:`napari_2dtm.search.fast`): its refined candidates
+    with ``metric >= threshold`` (default the exhaustive-equivalent false-alarm
+    threshold), strongest first."""
+    from napari_2dtm.errors import InputError  # noqa: PLC0415
+
+    cand = result.candidates
+    if metric not in CANDIDATE_METRICS:
+        raise InputError(f"a fast search detects hits on {', '.join(CANDIDATE_METRICS)}, not "
+                         f"{metric!r} (no p-value map: its local maxima would be the coarse "
+                         "stage's)")
+    thr = result.threshold if threshold is None else float(threshold)
+    keep = cand[cand[metric] >= thr].sort_values(metric, ascending=False, kind="stable")
+    return keep.drop(columns=["sigma_bg", "height"], errors="ignore").reset_index(drop=True)

@@ -62,6 +62,9 @@ class SearchResult:
     hits: Any
     metadata: dict
     valid_mask: np.ndarray | None = None
+    #: a fast search's refined candidates (every statistic; hits are those above the
+    #: threshold: :func:`napari_2dtm.search.fast.hits_from_candidates`); None otherwise
+    candidates: Any = None
 
     @property
     def binning(self) -> float:

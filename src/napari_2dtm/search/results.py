@@ -114,10 +114,13 @@ class ResultsFolder:
         hits_csv = folder / "hits.csv"
         hits = (pd.read_csv(hits_csv) if hits_csv.exists() and hits_csv.stat().st_size > 1
                 else pd.DataFrame())
+        cand_csv = folder / "candidates.csv"
+        candidates = (pd.read_csv(cand_csv) if meta.get("strategy") == "fast"
+                      and cand_csv.is_file() else None)
         result = SearchResult(maps=found, pixel_size_a=meta["search_pixel_size_a"],
                               input_pixel_size_a=meta["input_pixel_size_a"],
                               threshold=meta["threshold"], n_trials=meta["n_trials"], hits=hits,
-                              metadata=meta, valid_mask=valid)
+                              metadata=meta, valid_mask=valid, candidates=candidates)
         return cls(result, folder)
 
     @classmethod
@@ -327,6 +330,8 @@ def write_results(result, out_dir, overwrite: bool = False, micrograph_path=None
         write_hits(hits, tmp / "hits.star", Path(recorded).name if recorded else "micrograph.mrc",
                    result.input_pixel_size_a, view.ctf)
         write_hits(hits, tmp / "hits.csv")
+        if getattr(result, "candidates", None) is not None:
+            result.candidates.to_csv(tmp / "candidates.csv", index=False)
         meta = dict(result.metadata)
         meta["micrograph"] = recorded
         meta["micrograph_relative"] = relative
