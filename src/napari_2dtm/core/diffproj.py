@@ -47,7 +47,7 @@ from napari_2dtm.core.projection import FourierVolume
 from napari_2dtm.errors import InputError
 
 __all__ = ["PoseScore", "slice_points", "slice_points_reference", "left_jacobian",
-           "rotvec_matrix"]
+           "rotvec_matrix", "template_overlap"]
 
 
 @numba.njit(nogil=True, fastmath=False, cache=True)
@@ -433,3 +433,36 @@ class PoseScore:
         full[self.idx] = np.conj(t) * self.img
         cc = np.fft.irfft2(full.reshape(p, p // 2 + 1), s=(p, p))
         return cc / math.sqrt(e) if e > 0 else cc * 0
+
+
+def template_overlap(fvol: FourierVolume, scale: float, size: int, whitening: np.ndarray,
+                     ctf: CTFParams, pixel_size_a: float, rot_a, delta_a: float, rot_b,
+                     delta_b: float, shift_px) -> float:
+    """Normalised overlap of two filtered templates in a ``size`` box: ``sum t_a t_b``
+    for unit-energy ``t_a`` (rotation ``rot_a``, defocus offset ``delta_a``) and ``t_b``
+    moved by ``shift_px = (dx, dy)`` pixels relative to it. For a particle ``b`` of
+    correlation ``cc_b`` this is the correlation it lends, times ``cc_b``, to the
+    template at pose ``a`` (side lobes, explained away by the fast search)."""
+    p = int(size)
+    ky = np.fft.fftfreq(p, 1.0 / p)[:, None] * np.ones((1, p // 2 + 1))
+    kx = np.arange(p // 2 + 1, dtype=np.float64)[None, :] * np.ones((p, 1))
+    keep = (np.asarray(whitening) > 0) & ~((kx == 0) & (ky == 0))
+    keep &= float(scale) * np.hypot(kx, ky) < fvol.size // 2 - 1.5
+    idx = np.flatnonzero(keep)
+    kx, ky = kx.ravel()[idx], ky.ravel()[idx]
+    wts = np.full(p // 2 + 1, 2.0)
+    wts[0] = wts[-1] = 1.0
+    w = (wts[None, :] * np.ones((p, 1))).ravel()[idx]
+    white = np.asarray(whitening, np.float64).ravel()[idx]
+    kya, kxa = ky / (p * pixel_size_a), kx / (p * pixel_size_a)
+    out = []
+    for rot, delta in ((rot_a, delta_a), (rot_b, delta_b)):
+        s, _ = slice_points(fvol, rot, kx, ky, scale)
+        out.append(s * ctf_at(ctf, kya, kxa, delta)[0] * white)
+    ta, tb = out
+    ea = float(np.sum(w * np.abs(ta) ** 2))
+    eb = float(np.sum(w * np.abs(tb) ** 2))
+    if ea <= 0 or eb <= 0:
+        return 0.0
+    ph = np.exp(-2j * np.pi * (kx * float(shift_px[0]) + ky * float(shift_px[1])) / p)
+    return float(np.sum(w * (np.conj(ta) * tb * ph).real) / math.sqrt(ea * eb))

@@ -30,10 +30,21 @@ import scipy.fft as sfft
 from scipy.optimize import minimize
 
 from napari_2dtm.core.ctf import CTFParams, wavelength_a
-from napari_2dtm.core.diffproj import PoseScore, left_jacobian, rotvec_matrix
+from napari_2dtm.core.diffproj import (
+    PoseScore,
+    left_jacobian,
+    rotvec_matrix,
+    slice_points,
+    template_overlap,
+)
+from napari_2dtm.core.geometry import euler_to_matrix, local_grid, matrix_to_euler
 from napari_2dtm.core.projection import FourierVolume
 
-__all__ = ["bands_for", "refine_pose", "padded_box_size", "extract_patch", "PoseRefiner"]
+__all__ = ["bands_for", "refine_pose", "padded_box_size", "extract_patch", "PoseRefiner",
+           "SEARCH_STARTS"]
+
+#: starts of a refinement with a local grid search (the grid's best points)
+SEARCH_STARTS = 3
 
 #: the first band (A): wide basins, 3-5 degree starts still converge
 FIRST_BAND_A = 20.0
@@ -56,6 +67,18 @@ def bands_for(pixel_size_a: float, first_band_a: float = FIRST_BAND_A) -> tuple:
     return (*out, None)
 
 
+def _best_integer_shift(score: PoseScore, rot, delta_a: float, max_shift_px: float):
+    """``(dx, dy)``: the best integer shift within ``max_shift_px`` at one pose (one
+    correlation map)."""
+    m = score.correlation_map(rot, delta_a)
+    p = score.size
+    r = int(math.floor(max_shift_px))
+    d = np.arange(-r, r + 1)
+    window = m[np.ix_(d % p, d % p)]
+    iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
+    return np.array([float(d[ix]), float(d[iy])])
+
+
 def refine_pose(scores: list[PoseScore], rot0: np.ndarray, delta0_a: float, *,
                 max_shift_px: float = 3.0, angular_range_deg: float = 10.0,
                 defocus_range_a: float = 200.0, maxiter: int = 40) -> dict:
@@ -64,14 +87,7 @@ def refine_pose(scores: list[PoseScore], rot0: np.ndarray, delta0_a: float, *,
 
     Returns ``rot (3, 3)``, ``shift_px (x, y)``, ``delta_a``, ``score`` (on the last
     pass's band) and ``n_evaluations``."""
-    first = scores[0]
-    m = first.correlation_map(rot0, delta0_a)
-    p = first.size
-    r = int(math.floor(max_shift_px))
-    d = np.arange(-r, r + 1)
-    window = m[np.ix_(d % p, d % p)]
-    iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
-    shift = np.array([float(d[ix]), float(d[iy])])
+    shift = _best_integer_shift(scores[0], rot0, delta0_a, max_shift_px)
     rot, delta = np.asarray(rot0, np.float64), float(delta0_a)
     lo_df = (delta0_a - defocus_range_a) / _DF_UNIT_A
     hi_df = (delta0_a + defocus_range_a) / _DF_UNIT_A
@@ -167,16 +183,80 @@ class PoseRefiner:
         self.size = padded_box_size(self.box, ctf, [0.0, defocus_range_a], px, image.shape)
         self.scale = fvol.scale_for(template_pixel_size_a, self.size, px)
         self.white = whitening.on_grid((self.size, self.size), px)
+        self._mean_template: np.ndarray | None = None
 
     def refine(self, row: int, col: int, rot0, delta0_a: float = 0.0, *,
-               max_shift_px: float = 3.0, angular_range_deg: float = 10.0) -> dict:
+               max_shift_px: float = 3.0, angular_range_deg: float = 10.0,
+               search_deg: float | None = None, search_band_a: float | None = None) -> dict:
         """:func:`refine_pose` of the particle near search pixel ``(row, col)`` from
-        rotation ``rot0`` and defocus offset ``delta0_a``; adds ``row``, ``col``."""
+        rotation ``rot0`` and defocus offset ``delta0_a``; adds ``row``, ``col``.
+
+        search_deg: first score a local grid of orientations within this angle of
+        ``rot0`` (step ``search_deg / 3``) on the coarsest band and start from the best: a
+        start a whole coarse grid step away (the fast search's) can lie outside the basin
+        of the right optimum, and on the coarsest band a grid point costs a few
+        microseconds. The optimiser's bound then widens by ``search_deg``. search_band_a:
+        score that grid on this band instead (the band the start was found on), and run
+        only the passes finer than it."""
         patch = extract_patch(self.image, row, col, self.size)
+        bands = self.bands_a
+        if search_deg and search_band_a:
+            bands = (search_band_a, *(b for b in bands if b is None or b < search_band_a))
         passes = PoseScore.passes(patch, self.white, self.fvol, self.scale, self.ctf,
-                                  self.pixel_size_a, self.bands_a)
-        got = refine_pose(passes, rot0, delta0_a, max_shift_px=max_shift_px,
-                          angular_range_deg=angular_range_deg,
-                          defocus_range_a=self.defocus_range_a)
+                                  self.pixel_size_a, bands)
+        n_grid = 0
+        if search_deg:
+            grid = local_grid(matrix_to_euler(np.asarray(rot0, np.float64)), search_deg,
+                              search_deg / 3.0)
+            rots = euler_to_matrix(*grid.T)
+            shift0 = _best_integer_shift(passes[0], rot0, delta0_a, max_shift_px)
+            vals = np.array([passes[0].value(r, shift0, delta0_a) for r in rots])
+            # the best few distinct grid points each start an optimisation: the coarse
+            # band's ranking of nearby views is noisy
+            starts = [rots[i] for i in np.argsort(-vals)[:SEARCH_STARTS]]
+            n_grid = len(rots)
+            angular_range_deg = angular_range_deg + search_deg
+        else:
+            starts = [rot0]
+        got = None
+        for r0 in starts:
+            g = refine_pose(passes, r0, delta0_a, max_shift_px=max_shift_px,
+                            angular_range_deg=angular_range_deg,
+                            defocus_range_a=self.defocus_range_a)
+            n_grid += g["n_evaluations"]
+            if got is None or g["score"] > got["score"]:
+                got = g
+        got["n_evaluations"] = n_grid
         got.update(row=int(row), col=int(col))
+        if self._mean_template is not None:
+            last = passes[-1]  # every frequency: the point set of the average template
+            ph = last._phase(got["shift_px"])
+            got["mean_cc"] = float(np.sum(last.w * (np.conj(self._mean_template) * last.img
+                                                    * ph).real))
         return got
+
+    def set_orientation_average(self, rots: np.ndarray) -> None:
+        """Average the unit-energy filtered templates over rotations ``rots (n, 3, 3)``:
+        :meth:`refine` then also returns ``mean_cc``, the mean correlation over those
+        orientations at the refined position (by linearity, the correlation with the
+        average): the per-pixel mean of an exhaustive search at full resolution."""
+        probe = PoseScore(np.zeros((self.size, self.size)), self.white, self.fvol, self.scale,
+                          self.ctf, self.pixel_size_a, None)
+        f, _ = probe._filter(0.0)
+        acc = np.zeros(len(probe.kx), np.complex128)
+        for r in np.asarray(rots, np.float64).reshape(-1, 3, 3):
+            s, _ = slice_points(self.fvol, r, probe.kx, probe.ky, self.scale)
+            t = s * f
+            e = float(np.sum(probe.w * (t.real**2 + t.imag**2)))
+            if e > 0:
+                acc += t / math.sqrt(e)
+        self._mean_template = acc / max(len(rots), 1)
+
+    def overlap(self, a: dict, b: dict) -> float:
+        """:func:`~napari_2dtm.core.diffproj.template_overlap` of two refined particles
+        (:meth:`refine` results) at their positions."""
+        dx = (b["col"] + b["shift_px"][0]) - (a["col"] + a["shift_px"][0])
+        dy = (b["row"] + b["shift_px"][1]) - (a["row"] + a["shift_px"][1])
+        return template_overlap(self.fvol, self.scale, self.size, self.white, self.ctf,
+                                self.pixel_size_a, a["rot"], a["delta_a"], b["rot"],
+                                b["delta_a"], (dx, dy))

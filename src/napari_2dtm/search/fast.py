@@ -46,30 +46,52 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from napari_2dtm.core.filters import prepare_image
-from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler
+from napari_2dtm.core.geometry import euler_to_matrix, matrix_to_euler, so3_grid
 from napari_2dtm.core.pose_refine import PoseRefiner
 from napari_2dtm.core.projection import FourierVolume
 from napari_2dtm.errors import Cancelled, InputError
+from napari_2dtm.templates.load import template_at
 
-from .config import STRATEGIES, SearchConfig, defocus_offsets, orientation_list
+from .config import STRATEGIES, SearchConfig, defocus_offsets
 from .detect import false_alarm_threshold, find_peaks, hits_from_candidates
 from .engine import Search
 from .outcome import SearchProgress, SearchResult
+from .statistics import template_radius
 
 __all__ = ["STRATEGIES", "FastSearch", "make_search", "coarse_config", "COARSE_RETAINED",
-           "COARSE_FACTOR", "hits_from_candidates"]
+           "COARSE_RESOLUTION", "COARSE_ANGLE", "hits_from_candidates"]
 
-#: the coarse stage's resolution and angular steps are this factor coarser
-COARSE_FACTOR = 2.0
-#: the least fraction of its full-resolution height a particle keeps at the coarse stage
-#: (measured 0.6-0.8 for 1BD2 at 2 A; the rest of the signal is beyond the coarse band)
-COARSE_RETAINED = 0.55
+#: the coarse stage's resolution limit is this factor coarser (not 2: at pixels twice
+#: the size, a particle half a coarse pixel off the grid loses ~35 % of its correlation
+#: and a wrong view can win its pixel; at 1.5 it loses under 20 %)
+COARSE_RESOLUTION = 1.5
+#: ... and its angular and defocus steps this factor coarser (the refinement starts with
+#: a local grid of this many requested steps around the coarse pose)
+COARSE_ANGLE = 2.0
+#: sigmas above the median candidate's height that a candidate must stand above the
+#: correlation a stronger neighbour lends it (the template overlap) to be its own particle
+LOBE_EXTRA_SIGMA = 0.5
+#: random orientations averaged for the full-resolution per-pixel mean at a candidate
+MEAN_ORIENTATIONS = 500
+#: the least fraction of its full-resolution height a particle keeps at the coarse stage:
+#: measured 0.80-0.96 at its true pose for 1BD2 at 4 -> 6 A pixels (the signal beyond the
+#: coarse band, and a particle half a coarse pixel off the grid), times ~0.9 for the
+#: coarse grid's angular misalignment
+COARSE_RETAINED = 0.7
 
 
-def coarse_config(config: SearchConfig, pixel_size_a: float) -> SearchConfig:
-    """The coarse stage of a fast search of a micrograph at ``pixel_size_a``."""
+def coarse_config(config: SearchConfig, pixel_size_a: float,
+                  particle_radius_a: float | None = None) -> SearchConfig:
+    """The coarse stage of a fast search of a micrograph at ``pixel_size_a``: the
+    resolution limit :data:`COARSE_RESOLUTION` times the requested one (the full
+    resolution by default), the angular steps :data:`COARSE_ANGLE` times the requested
+    ones but no coarser than that many times the full resolution's own step
+    (:func:`resolution_step_deg` with ``particle_radius_a``: a requested step already
+    coarser than the resolution allows is not made coarser still), the defocus step
+    :data:`COARSE_ANGLE` times."""
     if config.orientations is not None:
         raise InputError("strategy fast (--strategy fast) searches a grid: an explicit "
                          "orientation list is already local, use the exhaustive strategy")
@@ -80,12 +102,18 @@ def coarse_config(config: SearchConfig, pixel_size_a: float) -> SearchConfig:
         raise InputError("strategy fast (--strategy fast) does not split into orientation "
                          "shards: run it whole")
     fine_limit = config.high_res_limit_a or 2.0 * float(pixel_size_a)
-    f = COARSE_FACTOR
+    f = COARSE_ANGLE
+    cap = 90.0 if particle_radius_a is None else f * resolution_step_deg(fine_limit,
+                                                                         particle_radius_a)
+
+    def step(requested: float, most: float) -> float:
+        return min(f * requested, max(cap, requested), most)
+
     return SearchConfig(**{
         **config.__dict__, "strategy": "exhaustive",
-        "high_res_limit_a": f * fine_limit,
-        "out_of_plane_step_deg": min(f * config.out_of_plane_step_deg, 90.0),
-        "in_plane_step_deg": min(f * config.in_plane_step_deg, 360.0),
+        "high_res_limit_a": COARSE_RESOLUTION * fine_limit,
+        "out_of_plane_step_deg": step(config.out_of_plane_step_deg, 90.0),
+        "in_plane_step_deg": step(config.in_plane_step_deg, 360.0),
         "defocus_step_a": f * config.defocus_step_a,
     })
 
@@ -110,9 +138,11 @@ class FastSearch:
     def __init__(self, image, pixel_size_a: float, template, config: SearchConfig,
                  template_kwargs: dict | None = None, checkpoint=None, micrograph_path=None):
         self.config = config
-        self.coarse = Search(image, pixel_size_a, template, coarse_config(config, pixel_size_a),
-                             template_kwargs=template_kwargs, checkpoint=checkpoint,
-                             micrograph_path=micrograph_path)
+        tpl = template_at(template, pixel_size_a, **(template_kwargs or {}))
+        radius_a = template_radius(tpl.volume) * tpl.pixel_size_a
+        self.coarse = Search(image, pixel_size_a, tpl, coarse_config(config, pixel_size_a,
+                                                                     radius_a),
+                             checkpoint=checkpoint, micrograph_path=micrograph_path)
         self.image = np.asarray(image, np.float32)
         self.template = self.coarse.template
         self.result: SearchResult | None = None
@@ -164,14 +194,28 @@ class FastSearch:
             pixel_size_a=self.coarse.pixel_size_a, done=True, zbg=m.get("zbg"))
 
 
-def fine_trials(config: SearchConfig, coarse: SearchResult, pixel_size_a: float) -> float:
-    """Trials of the exhaustive search at ``config``'s steps and full resolution: its
-    orientations x planes x the valid pixels at the fine search pixel size."""
-    n_or = len(orientation_list(config))
-    n_planes = len(defocus_offsets(config.defocus_range_a, config.defocus_step_a))
+def resolution_step_deg(resolution_a: float, particle_radius_a: float) -> float:
+    """The angular width of a correlation peak, ``resolution / diameter`` radians, in
+    degrees: orientations closer than this are not independent trials."""
+    return math.degrees(float(resolution_a) / (2.0 * max(float(particle_radius_a), 1e-6)))
+
+
+def fine_trials(config: SearchConfig, coarse: SearchResult, pixel_size_a: float) -> tuple:
+    """``(trials, step_deg)``: the trials of a search at full resolution whose every
+    candidate is optimised continuously: the valid pixels at the fine search pixel size x
+    the defocus planes x the orientations of a grid at ``step_deg``, the finer of the
+    requested steps and the resolution's (:func:`resolution_step_deg`): a continuous
+    optimum takes the best of every independent orientation near it, not only of the grid
+    points (without this, noise images give several times the requested false positives)."""
     fine_px = max(float(pixel_size_a), 0.5 * (config.high_res_limit_a or 0.0))
+    radius_a = float(coarse.metadata["particle_radius_px"]) * coarse.pixel_size_a
+    res_step = resolution_step_deg(2.0 * fine_px, radius_a)
+    out_step = min(config.out_of_plane_step_deg, res_step)
+    in_step = min(config.in_plane_step_deg, res_step)
+    n_or = len(so3_grid(out_step, in_step, config.symmetry))
+    n_planes = len(defocus_offsets(config.defocus_range_a, config.defocus_step_a))
     n_pix = float(coarse.valid_mask.sum()) * (coarse.pixel_size_a / fine_px) ** 2
-    return n_pix * n_or * n_planes
+    return n_pix * n_or * n_planes, (out_step, in_step)
 
 
 def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
@@ -179,7 +223,7 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
     cfg, maps, meta = fs.config, cres.maps, dict(cres.metadata)
     valid = cres.valid_mask
     excluded = maps["excluded"] > 0.5 if "excluded" in maps else np.zeros_like(valid)
-    n_trials = fine_trials(cfg, cres, cres.input_pixel_size_a)
+    n_trials, eff_steps = fine_trials(cfg, cres, cres.input_pixel_size_a)
     thr = false_alarm_threshold(n_trials, cfg.n_false_positives)
     # Peaks of the height over the background, not of zbg: a strong particle inflates its
     # own spread, which flattens zbg's peak and can move it off the particle (zbg >=
@@ -187,12 +231,12 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
     height = np.where(valid, (maps["mip"] - maps["mean"]) / np.maximum(maps["sigma_bg"], 1e-12),
                       -np.inf)
     # A particle at the fine threshold keeps at least COARSE_RETAINED of its height at the
-    # coarse stage; so does the noise maximum of a pixel, which is why the candidates are
-    # many (about every local maximum above the pixels' median height).
-    t_cand = max(COARSE_RETAINED * thr, float(np.median(height[valid])) if valid.any() else 0.0)
-    peaks = find_peaks(height, t_cand, 0.5 * cres.metadata["peak_radius_px"],
-                       mask=valid & ~excluded)
-    rows, cols = peaks[:, 0], peaks[:, 1]
+    # coarse stage: every coarse peak above that is refined (most are noise).
+    t_cand = COARSE_RETAINED * thr
+    peaks = find_peaks(height, t_cand, cres.metadata["peak_radius_px"], mask=valid & ~excluded)
+    # Each refinement starts at the pose and pixel of the MIP's maximum near the peak: the
+    # height peak can sit a pixel or two aside, where a flipped view of the particle wins
+    rows, cols = _mip_maxima_near(maps["mip"], valid, peaks, 2)
     b = cres.binning
     start = pd.DataFrame({
         "x": cols * b, "y": rows * b,
@@ -200,15 +244,16 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
         "psi": maps["psi"][rows, cols].astype(float),
         "defocus_a": maps["defocus"][rows, cols].astype(float)})
     ctf = cfg.ctf
-    ref = _refine(fs, cres, start)
+    ref, raw = _refine(fs, cres, start)
     # statistics on the coarse background at each candidate's coarse pixel
     r = np.clip(np.rint(ref["y"].to_numpy(float) / b).astype(int), 0, valid.shape[0] - 1)
     c = np.clip(np.rint(ref["x"].to_numpy(float) / b).astype(int), 0, valid.shape[1] - 1)
     cc = ref["cc"].to_numpy(float)
-    mean, std = maps["mean"][r, c].astype(float), maps["std"][r, c].astype(float)
+    mean_c, std = maps["mean"][r, c].astype(float), maps["std"][r, c].astype(float)
+    mean = ref["mean_cc"].to_numpy(float)  # full resolution, at the refined position
     sig_bg = maps["sigma_bg"][r, c].astype(float)
     kappa = float(meta["detection"]["kappa"])
-    h_c = maps["mip"][r, c].astype(float) - mean
+    h_c = maps["mip"][r, c].astype(float) - mean_c
     den = np.maximum(sig_bg, np.sqrt(np.maximum(std**2 - kappa * h_c**2, 0.0)))
     gsig = float(meta.get("cc_global_std") or 1.0)
     cand = pd.DataFrame({
@@ -223,7 +268,8 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
         "x_search": c, "y_search": r, "zbg_coarse": maps["zbg"][r, c].astype(float),
         "sigma_bg": sig_bg, "height": cc - mean,
     })
-    cand = _drop_duplicates_and_lobes(cand, meta, b)
+    keep = _explained_away(fs, raw, cand, meta, b)
+    cand = cand[keep]
     meta.update({
         "config": cfg.to_dict(),
         "strategy": "fast",
@@ -232,7 +278,8 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
             "coarse_config": meta["config"], "coarse_n_trials": cres.n_trials,
             "coarse_threshold": cres.threshold, "candidate_threshold": t_cand,
             "coarse_retained": COARSE_RETAINED, "n_candidates": int(len(start)),
-            "n_after_duplicates": int(len(cand)),
+            "n_after_explaining_away": int(len(cand)),
+            "effective_steps_deg": list(eff_steps),
             "refine_seconds": time.perf_counter() - t0,
             "refine_evaluations": int(ref.attrs.get("refine_evaluations", 0)),
             "coarse_seconds": cres.metadata.get("elapsed_s"),
@@ -248,12 +295,27 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
     return res
 
 
-def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> pd.DataFrame:
-    """Every candidate refined at full resolution (:class:`PoseRefiner`): x, y (input
-    pixels), phi, theta, psi, defocus_a, defocus1_a, defocus2_a, cc."""
+def _mip_maxima_near(mip: np.ndarray, valid: np.ndarray, peaks: np.ndarray, r: int):
+    """``(rows, cols)``: for each peak, the pixel of the largest valid MIP within ``r``."""
+    ny, nx = mip.shape
+    m = np.where(valid, mip, -np.inf)
+    rows, cols = np.empty(len(peaks), int), np.empty(len(peaks), int)
+    for i, (y, x) in enumerate(peaks):
+        y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, ny), max(x - r, 0), min(x + r + 1, nx)
+        j = int(np.argmax(m[y0:y1, x0:x1]))
+        rows[i], cols[i] = y0 + j // (x1 - x0), x0 + j % (x1 - x0)
+    return rows, cols
+
+
+def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> tuple:
+    """Every candidate refined at full resolution (:class:`PoseRefiner`): a table (x, y in
+    input pixels, phi, theta, psi, defocus_a, defocus1_a, defocus2_a, cc) and the
+    refiner's own results (for :func:`_explained_away`)."""
     cfg, ctf = fs.config, fs.config.ctf
-    cols = {k: np.zeros(len(start)) for k in ("x", "y", "phi", "theta", "psi", "defocus_a", "cc")}
+    cols = {k: np.zeros(len(start)) for k in ("x", "y", "phi", "theta", "psi", "defocus_a", "cc",
+                                              "mean_cc")}
     n_eval = 0
+    raw = []
     if len(start):
         if fs._fine is None:
             prep = prepare_image(fs.image, cres.input_pixel_size_a, cfg.high_res_limit_a)
@@ -261,9 +323,14 @@ def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> pd.DataF
             px = prep.pixel_size_a
             box = int(math.ceil(t.box * t.pixel_size_a / px - 1e-6))
             box += box % 2
-            fs._fine = (prep, PoseRefiner(
-                prep.image, prep.whitening, px, FourierVolume(t.volume, pad=2), t.pixel_size_a,
-                box, ctf, max(cfg.defocus_range_a, cfg.defocus_step_a)))
+            refiner = PoseRefiner(prep.image, prep.whitening, px, FourierVolume(t.volume, pad=2),
+                                  t.pixel_size_a, box, ctf,
+                                  max(cfg.defocus_range_a, cfg.defocus_step_a))
+            # the full-resolution per-pixel mean at each candidate (the coarse stage's is
+            # another quantity: its low band carries more of the orientation average)
+            refiner.set_orientation_average(Rotation.random(
+                MEAN_ORIENTATIONS, random_state=0).as_matrix().transpose(0, 2, 1))
+            fs._fine = (prep, refiner)
         prep, refiner = fs._fine
         fb = prep.pixel_size_a / cres.input_pixel_size_a  # fine binning
         for i, h in enumerate(start.itertuples(index=False)):
@@ -272,50 +339,67 @@ def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> pd.DataF
             got = refiner.refine(int(round(h.y / fb)), int(round(h.x / fb)),
                                  euler_to_matrix(h.phi, h.theta, h.psi),
                                  float(h.defocus_a) - ctf.defocus_mean_a,
-                                 # a coarse pixel's error, in fine pixels, and a pixel more
-                                 max_shift_px=COARSE_FACTOR + 1.0)
+                                 # two coarse pixels' error, in fine pixels, and one more
+                                 max_shift_px=2.0 * COARSE_RESOLUTION + 1.0,
+                                 # the coarse grid's step: its best point can be that far
+                                 search_deg=COARSE_ANGLE * max(cfg.out_of_plane_step_deg,
+                                                                cfg.in_plane_step_deg),
+                                 search_band_a=cres.metadata["config"]["high_res_limit_a"])
             n_eval += got["n_evaluations"]
+            raw.append(got)
             cols["x"][i] = (got["col"] + got["shift_px"][0]) * fb
             cols["y"][i] = (got["row"] + got["shift_px"][1]) * fb
             cols["phi"][i], cols["theta"][i], cols["psi"][i] = matrix_to_euler(got["rot"])
             cols["defocus_a"][i] = ctf.defocus_mean_a + got["delta_a"]
             cols["cc"][i] = got["score"]
+            cols["mean_cc"][i] = got["mean_cc"]
     ref = pd.DataFrame(cols)
     d_off = ref["defocus_a"] - ctf.defocus_mean_a
     ref["defocus1_a"] = ctf.defocus1_a + d_off
     ref["defocus2_a"] = ctf.defocus2_a + d_off
     ref.attrs["refine_evaluations"] = n_eval
-    return ref
+    return ref, raw
 
 
-def _drop_duplicates_and_lobes(cand: pd.DataFrame, meta: dict, binning: float) -> pd.DataFrame:
-    """Strongest first, drop a candidate within the peak radius of a kept one (two coarse
-    peaks refined onto one particle) or one a kept neighbour's side lobe explains (the
-    rule of :func:`~napari_2dtm.search.detect.explain_away`, the coarse stage's profile)."""
-    if len(cand) < 2:
-        return cand
-    order = np.argsort(-cand["zbg"].to_numpy(), kind="stable")
-    cand = cand.iloc[order].reset_index(drop=True)
+def _explained_away(fs: FastSearch, raw: list, cand: pd.DataFrame, meta: dict,
+                    binning: float) -> np.ndarray:
+    """Strongest first (by refined correlation), keep a candidate unless a kept
+    one explains it: closer than the peak radius (two coarse peaks refined onto one
+    particle), or, within the template's diameter, ``cc <= rho * cc_k + margin`` where
+    ``rho`` is the overlap of the two refined, filtered templates at their positions
+    (:func:`~napari_2dtm.core.diffproj.template_overlap`: the correlation particle ``k``
+    lends to this pose) and ``margin`` what the noise adds to a locally optimised lobe:
+    the median candidate's height (most candidates are noise) plus
+    :data:`LOBE_EXTRA_SIGMA`, in background sigmas. Returns the keep mask in ``cand``'s
+    order."""
+    n = len(cand)
+    keep = np.zeros(n, bool)
+    if n == 0:
+        return keep
+    refiner = fs._fine[1]
     xy = cand[["x", "y"]].to_numpy(float) / binning  # coarse pixels
-    lobe = np.asarray(meta.get("detection", {}).get("lobe") or [1.0], float)
-    n_sigma = float(meta.get("detection", {}).get("lobe_n_sigma", 3.0))
     radius = float(meta.get("peak_radius_px") or 3.0)
-    reach = max(len(lobe) - 1, radius)
+    reach = 2.0 * float(meta.get("particle_radius_px") or radius)
+    cc = cand["mip"].to_numpy(float)
+    sig = cand["sigma_bg"].to_numpy(float)
+    # A lobe is the neighbour's lent correlation plus this candidate's own noise maximum
+    # under local optimisation: typically the median candidate (most are noise), plus
+    # half a sigma (the exhaustive detection's rule, on refined values)
+    margin = (float(np.median(cand["height"].to_numpy(float) / sig)) + LOBE_EXTRA_SIGMA) * sig
     tree = cKDTree(xy)
-    h = cand["height"].to_numpy(float)
-    sg = cand["sigma_bg"].to_numpy(float)
-    kept = np.zeros(len(cand), bool)
-    for i in range(len(cand)):
-        near = [k for k in tree.query_ball_point(xy[i], reach) if kept[k]]
+    # strongest correlation first: a particle's zbg, and its height over the coarse mean,
+    # can be below its own side lobe's (its own signal inflates the mean and spread at its
+    # pixel), its refined correlation cannot
+    for i in np.argsort(-cc, kind="stable"):
         ok = True
-        for k in near:
-            d = math.hypot(*(xy[i] - xy[k]))
-            if d < radius:
+        for k in tree.query_ball_point(xy[i], reach):
+            if not keep[k]:
+                continue
+            if math.hypot(*(xy[i] - xy[k])) < radius:
                 ok = False
                 break
-            j = int(round(d))
-            if j < len(lobe) and h[i] <= lobe[j] * h[k] + n_sigma * sg[i]:
+            if cc[i] <= refiner.overlap(raw[i], raw[k]) * cc[k] + margin[i]:
                 ok = False
                 break
-        kept[i] = ok
-    return cand[kept].reset_index(drop=True)
+        keep[i] = ok
+    return keep
