@@ -37,7 +37,8 @@ from napari_2dtm.search.detect import (
     false_alarm_threshold,
     find_peaks,
 )
-from napari_2dtm.search.engine import Search, SearchProgress, SearchResult, search
+from napari_2dtm.search.engine import Search, SearchProgress, SearchResult
+from napari_2dtm.search.fast import search
 from napari_2dtm.search.pvalue import (
     PValueFit,
     add_neg_log_p,

@@ -210,3 +210,29 @@ def test_bad_value_is_refused_by_the_config_before_any_job(viewer, qtbot, tmp_pa
     assert "--defocus-range" in widget.status.text()
     assert started == [] and not widget.running
     assert not (tmp_path / "results").exists()
+
+
+def test_fast_strategy_from_the_widget_writes_a_fast_folder(viewer, qtbot, tmp_path):
+    """The Strategy choice runs the coarse-to-fine search through the same job: live maps
+    during the coarse stage, hits refined at full resolution, the folder says so."""
+    viewer.open_sample("napari-2dtm", "demo")
+    widget = _dock(viewer)
+    widget.strategy.setCurrentText("fast")
+    assert widget.search_config().strategy == "fast"
+    widget.output_dir.setText(str(tmp_path / "fast"))
+    fractions = []
+    widget.progress_shown.connect(lambda p: fractions.append(p.fraction))
+    with qtbot.waitSignal(widget.search_finished, timeout=SEARCH_TIMEOUT_MS) as done:
+        widget.run()
+    assert done.args == ["done"], widget.status.text()
+    assert fractions and fractions[-1] == 1.0
+    res = widget.result
+    assert res.metadata["strategy"] == "fast" and res.candidates is not None
+    # maps at the coarse stage's pixel size, hits from the refined candidates
+    assert viewer.layers["SNR [2DTM demo]"].scale[-1] == pytest.approx(res.pixel_size_a)
+    assert res.pixel_size_a > res.input_pixel_size_a
+    hits = viewer.layers["hits [2DTM demo]"].features
+    assert len(hits) == len(res.hits) and (hits["zbg"] >= res.threshold).all()
+    truth = viewer.layers["ground truth [2DTM demo]"].features
+    assert _recall(hits, truth, tol_px=3.0) >= 0.75
+    assert (widget.results_folder / "candidates.csv").is_file()

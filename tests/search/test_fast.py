@@ -51,18 +51,19 @@ def test_planted_particles_found_at_refined_poses(tpl):
     img, truth = plant(tpl, (256, 256), 6, CTF, target_snr=12.0, seed=3)
     s, res = _run(img, tpl, _cfg())
     pairs = match(res.hits, truth, 2.0)
-    # five of six planted (the sixth, weakest, is below the exhaustive search's threshold
-    # too), nothing else
-    assert len(pairs) == 5 and len(res.hits) == 5, res.hits[["x", "y", "zbg"]]
+    # all six planted, nothing else (the exhaustive search at this step finds four of them
+    # within 2 px, and two side lobes)
+    assert len(pairs) == 6 and len(res.hits) == 6, res.hits[["x", "y", "zbg"]]
     hits = res.hits.iloc[[j for _, j in pairs]]
     t = truth[[i for i, _ in pairs]]
     err = angular_distance_deg(euler_to_matrix(*hits[["phi", "theta", "psi"]].to_numpy(float).T),
                                euler_to_matrix(*t[:, 2:].T))
-    # off the coarse grid (twice the requested step) onto the refined pose: within the
-    # resolution's own precision here (8 A for a 66 A particle: ~7 deg wide peaks); the
-    # benchmark compares with the exhaustive search's errors
-    assert np.median(err) < 0.6 * STEP and err.max() < 1.5 * STEP, err
-    assert np.hypot(hits["x"] - t[:, 0], hits["y"] - t[:, 1]).max() < 1.0
+    # off the coarse grid (twice the requested step) onto the refined pose, within one
+    # requested step for most; at 8 A this 23 kDa particle has near-symmetric views (a
+    # flipped pose scores as well), so not for all
+    assert (err < STEP).sum() >= 4, err
+    pos = np.hypot(hits["x"] - t[:, 0], hits["y"] - t[:, 1])
+    assert np.median(pos) < 0.3, pos  # sub-pixel (the flipped one, 1.4 px)
     # the hits are the exhaustive search's columns, on its threshold rule
     for col in ("x", "y", "phi", "theta", "psi", "defocus_a", "zbg", "zscore", "snr", "mip",
                 "defocus1_a", "defocus2_a"):
@@ -76,7 +77,7 @@ def test_planted_particles_found_at_refined_poses(tpl):
     # the coarse stage: ~8x fewer orientations, 3 planes of 5, 2.25x fewer pixels
     n_fine = len(orientation_list(dataclasses.replace(_cfg(), strategy="exhaustive"))) * 5
     assert meta["fast"]["coarse_cc_per_pixel"] * 6 < n_fine
-    assert meta["fast"]["n_candidates"] >= 5 and len(res.candidates) >= 5
+    assert meta["fast"]["n_candidates"] >= 6 and len(res.candidates) >= 6
 
 
 def test_noise_gives_no_more_false_positives_than_asked(tpl):

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_2dtm.errors import one_line
+from napari_2dtm.search.config import STRATEGIES
 
 FROM_FILE = "From file…"
 SYMMETRIES = ["C1", "C2", "C3", "C4", "C6", "D2", "D3", "D7", "T", "O", "I"]
@@ -158,6 +159,8 @@ class SearchForm:
         self.n_fp = _spin(0.001, 1000, 1.0, 0.5, 3)
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))
+        self.strategy = QComboBox()
+        self.strategy.addItems(list(STRATEGIES))
         self.device_info = QLabel("")
         self.estimate_label = QLabel("")
         self.estimate_label.setWordWrap(True)
@@ -166,6 +169,7 @@ class SearchForm:
             [("Defocus ±", self.defocus_range), ("step", self.defocus_step)],
             [("High-res limit", self.high_res), ("Symmetry", self.symmetry)],
             [("N false pos.", self.n_fp), ("Device", self.device)],
+            [("Strategy", self.strategy)],
             [(None, self.device_info)],
             [(None, self.estimate_label)],
         ])
@@ -175,6 +179,10 @@ class SearchForm:
             (self.defocus_range, "Search defocus offsets from -range to +range"),
             (self.high_res, "High-resolution limit of the search (0 = Nyquist)"),
             (self.n_fp, "Expected false positives per micrograph at the threshold"),
+            (self.strategy, "exhaustive: every orientation and defocus plane at full "
+                            "resolution; fast: a coarse search (1.5x the resolution limit, 2x "
+                            "the steps), then every candidate refined by gradient at full "
+                            "resolution (docs: Fast search)"),
         ]:
             w.setToolTip(tip)
         return box
@@ -250,6 +258,8 @@ class SearchForm:
                 spins[key].setValue(float(value or 0.0))
             elif key == "symmetry":
                 self.symmetry.setCurrentText(str(value))
+            elif key == "strategy":
+                self.strategy.setCurrentText(str(value))
             elif key == "device":
                 self.device.setCurrentText({v: k for k, v in DEVICES.items()}.get(value, "auto"))
             elif key == "template_path":
@@ -287,6 +297,7 @@ class SearchForm:
             n_false_positives=self.n_fp.value(),
             device=DEVICES[self.device.currentText()],
             progress_interval_s=LIVE_INTERVAL_S,
+            strategy=self.strategy.currentText(),
         )
         kwargs.update(overrides)
         return SearchConfig(**kwargs)

@@ -113,6 +113,7 @@ class SearchWidget(SearchForm, QWidget):
             w.valueChanged.connect(self._schedule_estimate)
         self.symmetry.currentTextChanged.connect(self._schedule_estimate)
         self.device.currentTextChanged.connect(self._schedule_estimate)
+        self.strategy.currentTextChanged.connect(self._schedule_estimate)
         self.device.currentTextChanged.connect(self._show_device)
         self.template_path.editingFinished.connect(self._schedule_estimate)
 

@@ -93,6 +93,9 @@ class Search:
     def __init__(self, image, pixel_size_a: float, template, config: SearchConfig | None = None,
                  template_kwargs: dict | None = None, checkpoint=None, micrograph_path=None):
         self.config = cfg = config or SearchConfig()
+        if cfg.strategy != "exhaustive":  # the fast strategy is another object: not silently this
+            raise InputError(f"Search runs the exhaustive strategy, not {cfg.strategy!r}: use "
+                             "napari_2dtm.search() or search.fast.make_search()")
         img = checked_micrograph(image, pixel_size_a, micrograph_path)
         self.input_shape = img.shape
         self.input_pixel_size_a = float(pixel_size_a)

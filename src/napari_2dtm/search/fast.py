@@ -1,36 +1,47 @@
-"""The fast search: an exhaustive search at half resolution, then gradient refinement.
+"""The fast search: an exhaustive search at reduced resolution, then gradient refinement.
 
-``SearchConfig(strategy="fast")`` (``napari-2dtm search --strategy fast``) finds the
-particles the exhaustive search at the same angular step finds, with the same
+``SearchConfig(strategy="fast")`` (``napari-2dtm search --strategy fast``) looks for the
+particles the exhaustive search at the same requested steps finds, with a calibrated
 false-alarm threshold, for a fraction of the cross-correlations:
 
-1. **Coarse stage** (:func:`coarse_config`): the ordinary engine at half the resolution
-   (the resolution limit doubled: frames of a quarter of the pixels) with the angular
-   steps and the defocus step doubled (an eighth of the orientations, about half the
-   planes). The step is matched to the resolution: a correlation peak is about
-   ``resolution / particle diameter`` radians wide, so doubling both keeps the expected
-   loss of the correlation from grid misalignment the same as the fine grid's (about
-   5-10 % at a step of half the peak width). Its maps stream live and are the maps the
-   fast search reports (at the coarse pixel size, recorded in ``search.json``).
-2. **Candidates**, liberally: local maxima of the coarse stage's height over its
-   background, ``(MIP - mean) / sigma_bg`` (an upper bound of ``zbg``), above the
-   threshold at which :data:`NOISE_CANDIDATES` noise peaks per image are expected
-   (Rickgauer's formula on the coarse stage's own number of trials), outside
-   contamination. Their number, not the threshold, is the cost: each is refined.
-3. **Refinement** of every candidate at full resolution by gradient
-   (:func:`napari_2dtm.hits.gradient.refine_hits_gradient`: pose, sub-pixel position,
-   defocus), from the coarse pose.
-4. **Detection**: each refined correlation ``cc`` on the coarse stage's background,
-   ``zbg = (cc - mean) / max(sigma_bg, sqrt(std^2 - kappa (MIP - mean)^2))`` with the
-   coarse maps at the candidate's pixel (the background is a property of the place, not
-   of the resolution: white-noise CCs are N(0, 1) at any resolution), ``zscore`` and
-   ``snr`` likewise; duplicates (two candidates refined onto one particle) and side
-   lobes of a stronger neighbour are dropped (the rule of
-   :func:`~napari_2dtm.search.detect.explain_away`), and the threshold is the exhaustive
-   search's: Rickgauer's formula with the number of trials of the full-resolution grid at
-   the requested steps. The refined maximum is a maximum over a continuous neighbourhood,
-   not a grid, so under noise it is a little higher than the fine grid's; the noise
-   benchmark measures what that does to the false-positive rate.
+1. **Coarse stage** (:func:`coarse_config`): the ordinary engine with the resolution
+   limit :data:`COARSE_RESOLUTION` (1.5) times coarser (frames of 1/2.25 the pixels) and
+   the angular and defocus steps :data:`COARSE_ANGLE` (2) times coarser (an eighth of
+   the orientations, about half the planes), but never coarser than twice the full
+   resolution's own step, ``resolution / particle diameter`` radians (the width of a
+   correlation peak): a requested step already coarser than that stays as it is. Not 2x
+   in resolution: at twice the pixel size a particle half a coarse pixel off the grid
+   loses ~35 % of its correlation and a flipped view can win its pixel (measured).
+   Its maps stream live and are the maps the fast search reports (at the coarse pixel
+   size, recorded in ``search.json``).
+2. **Candidates**: local maxima of the coarse height over its background,
+   ``(MIP - mean) / sigma_bg`` (never below ``zbg``), above :data:`COARSE_RETAINED`
+   times the final threshold (the least fraction of its height a particle keeps at the
+   coarse stage), outside contamination; each starts from the pose and pixel of the
+   largest MIP within two coarse pixels.
+3. **Refinement** of every candidate at full resolution
+   (:class:`~napari_2dtm.core.pose_refine.PoseRefiner`): a local grid of orientations
+   within two requested steps of the coarse pose, scored on the coarse band at the best
+   integer shift, then L-BFGS on the differentiable score from its best few points
+   (pose, sub-pixel position, defocus).
+4. **Detection**: ``zbg = (cc - mean) / sigma_bg`` with the refined correlation ``cc``,
+   the full-resolution per-pixel mean at the refined position (from a uniform sample of
+   orientations: what an exhaustive search would have there; the coarse stage's mean is
+   another quantity, its low band carries more of the orientation average) and the
+   background spread ``sigma_bg`` of the coarse stage (white-noise CCs are N(0, 1) at any
+   resolution). Not the exhaustive zbg's guard ``sqrt(std^2 - kappa h^2)``: at a
+   particle's exact centre its own signal inflates the SD beyond what the template's
+   self-match predicts whenever the particle correlates more with other views than the
+   template does (measured on the benchmark's simulated particles), which is also why
+   the exhaustive zbg peaks 2-6 px off such particles. ``zscore`` uses the sampled SD.
+   Strongest correlation first, a candidate is dropped when a kept one lies within the
+   peak radius, or explains it: ``cc <= rho cc_k + margin`` with ``rho`` the overlap of
+   the two refined filtered templates (:func:`~napari_2dtm.core.diffproj.template_overlap`).
+   The threshold is Rickgauer's with the trials of a *continuous* search: the
+   orientations of a grid at the finer of the requested step and the resolution's
+   (:func:`fine_trials`), since a refined optimum takes the best of every independent
+   orientation near it, not only of the grid's points (with the requested step's count
+   noise images gave 2-6 false positives each at N_fp = 1).
 
 The candidates (refined, with every statistic) are kept in the result and in
 ``candidates.csv``, so a review can move the threshold down to the candidate threshold.
@@ -61,7 +72,7 @@ from .engine import Search
 from .outcome import SearchProgress, SearchResult
 from .statistics import template_radius
 
-__all__ = ["STRATEGIES", "FastSearch", "make_search", "coarse_config", "COARSE_RETAINED",
+__all__ = ["STRATEGIES", "FastSearch", "make_search", "search", "coarse_config", "COARSE_RETAINED",
            "COARSE_RESOLUTION", "COARSE_ANGLE", "hits_from_candidates"]
 
 #: the coarse stage's resolution limit is this factor coarser (not 2: at pixels twice
@@ -74,8 +85,8 @@ COARSE_ANGLE = 2.0
 #: sigmas above the median candidate's height that a candidate must stand above the
 #: correlation a stronger neighbour lends it (the template overlap) to be its own particle
 LOBE_EXTRA_SIGMA = 0.5
-#: random orientations averaged for the full-resolution per-pixel mean at a candidate
-MEAN_ORIENTATIONS = 500
+#: random orientations for the full-resolution per-pixel mean and SD at a candidate
+SAMPLE_ORIENTATIONS = 300
 #: the least fraction of its full-resolution height a particle keeps at the coarse stage:
 #: measured 0.80-0.96 at its true pose for 1BD2 at 4 -> 6 A pixels (the signal beyond the
 #: coarse band, and a particle half a coarse pixel off the grid), times ~0.9 for the
@@ -125,6 +136,18 @@ def make_search(image, pixel_size_a: float, template, config: SearchConfig | Non
     if config is not None and config.strategy == "fast":
         return FastSearch(image, pixel_size_a, template, config, **kwargs)
     return Search(image, pixel_size_a, template, config, **kwargs)
+
+
+def search(image, pixel_size_a: float, template, config: SearchConfig | None = None,
+           checkpoint=None, **kwargs) -> SearchResult:
+    """Run a whole search of the config's strategy and return its :class:`SearchResult`
+    (``napari_2dtm.search``; see :func:`napari_2dtm.search.engine.search` for the
+    checkpoint)."""
+    s = make_search(image, pixel_size_a, template, config, checkpoint=checkpoint, **kwargs)
+    for _ in s.run():
+        pass
+    s.remove_checkpoint()
+    return s.result
 
 
 class FastSearch:
@@ -249,12 +272,17 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
     r = np.clip(np.rint(ref["y"].to_numpy(float) / b).astype(int), 0, valid.shape[0] - 1)
     c = np.clip(np.rint(ref["x"].to_numpy(float) / b).astype(int), 0, valid.shape[1] - 1)
     cc = ref["cc"].to_numpy(float)
-    mean_c, std = maps["mean"][r, c].astype(float), maps["std"][r, c].astype(float)
-    mean = ref["mean_cc"].to_numpy(float)  # full resolution, at the refined position
+    # The per-pixel mean and SD at full resolution, at the refined position, from a
+    # uniform sample of orientations (PoseRefiner.set_orientation_sample): what an
+    # exhaustive search would have there. zbg's spread is the background's alone
+    # (sigma_bg, the coarse stage's: white-noise CCs are N(0, 1) at any resolution):
+    # at a particle's exact centre its own signal inflates the SD beyond what the
+    # template's self-match predicts whenever the particle correlates more with other
+    # views than the template does (the benchmark's simulated 4E43: mean 5.3 against 3.6
+    # predicted), and the exhaustive zbg then peaks 2-6 px off the particle.
+    mean, std = ref["mean_cc"].to_numpy(float), ref["std_cc"].to_numpy(float)
     sig_bg = maps["sigma_bg"][r, c].astype(float)
-    kappa = float(meta["detection"]["kappa"])
-    h_c = maps["mip"][r, c].astype(float) - mean_c
-    den = np.maximum(sig_bg, np.sqrt(np.maximum(std**2 - kappa * h_c**2, 0.0)))
+    den = sig_bg
     gsig = float(meta.get("cc_global_std") or 1.0)
     cand = pd.DataFrame({
         "x": ref["x"].to_numpy(float), "y": ref["y"].to_numpy(float),
@@ -266,6 +294,7 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
         "defocus2_a": ref["defocus2_a"].to_numpy(float),
         "astigmatism_angle_deg": ctf.astigmatism_angle_deg,
         "x_search": c, "y_search": r, "zbg_coarse": maps["zbg"][r, c].astype(float),
+        "mean_cc": mean, "std_cc": std, "self_var": ref["self_var"].to_numpy(float),
         "sigma_bg": sig_bg, "height": cc - mean,
     })
     keep = _explained_away(fs, raw, cand, meta, b)
@@ -313,7 +342,7 @@ def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> tuple:
     refiner's own results (for :func:`_explained_away`)."""
     cfg, ctf = fs.config, fs.config.ctf
     cols = {k: np.zeros(len(start)) for k in ("x", "y", "phi", "theta", "psi", "defocus_a", "cc",
-                                              "mean_cc")}
+                                              "mean_cc", "std_cc", "self_var")}
     n_eval = 0
     raw = []
     if len(start):
@@ -328,8 +357,8 @@ def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> tuple:
                                   max(cfg.defocus_range_a, cfg.defocus_step_a))
             # the full-resolution per-pixel mean at each candidate (the coarse stage's is
             # another quantity: its low band carries more of the orientation average)
-            refiner.set_orientation_average(Rotation.random(
-                MEAN_ORIENTATIONS, random_state=0).as_matrix().transpose(0, 2, 1))
+            refiner.set_orientation_sample(Rotation.random(
+                SAMPLE_ORIENTATIONS, random_state=0).as_matrix().transpose(0, 2, 1))
             fs._fine = (prep, refiner)
         prep, refiner = fs._fine
         fb = prep.pixel_size_a / cres.input_pixel_size_a  # fine binning
@@ -352,7 +381,8 @@ def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> tuple:
             cols["phi"][i], cols["theta"][i], cols["psi"][i] = matrix_to_euler(got["rot"])
             cols["defocus_a"][i] = ctf.defocus_mean_a + got["delta_a"]
             cols["cc"][i] = got["score"]
-            cols["mean_cc"][i] = got["mean_cc"]
+            for k in ("mean_cc", "std_cc", "self_var"):
+                cols[k][i] = got[k]
     ref = pd.DataFrame(cols)
     d_off = ref["defocus_a"] - ctf.defocus_mean_a
     ref["defocus1_a"] = ctf.defocus1_a + d_off
