@@ -16,8 +16,8 @@ from napari_2dtm.core.geometry import angular_distance_deg, euler_to_matrix
 from napari_2dtm.errors import InputError
 from napari_2dtm.io.mrc import write_mrc
 from napari_2dtm.jobs.batch import run_batch
-from napari_2dtm.search.detect import extract_hits
 from napari_2dtm.search.config import orientation_list
+from napari_2dtm.search.detect import extract_hits
 from napari_2dtm.search.fast import FastSearch, coarse_config, make_search
 
 PX = 4.0
