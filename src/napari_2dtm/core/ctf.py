@@ -92,16 +92,9 @@ def frequency_grid(shape: tuple[int, int], pixel_size_a: float, rfft: bool = Tru
     return ky[:, None], kx[None, :]
 
 
-def ctf_2d(
-    params: CTFParams,
-    shape: tuple[int, int],
-    pixel_size_a: float,
-    defocus_offset_a: float = 0.0,
-    rfft: bool = True,
-    xp=np,
-):
-    """CTF on the (r)fft2 grid of an image ``shape = (ny, nx)``; float32 ``(ny, nx//2+1)``."""
-    ky, kx = frequency_grid(shape, pixel_size_a, rfft=rfft, xp=xp)
+def _chi(params: CTFParams, ky, kx, defocus_offset_a: float, xp=np):
+    """The phase ``chi`` of the module's formula and ``k^2`` at frequencies ``(ky, kx)``
+    (1/Angstrom, broadcastable)."""
     k2 = kx * kx + ky * ky
     ang = xp.arctan2(ky, kx)
     lam = wavelength_a(params.voltage_kv)
@@ -112,6 +105,20 @@ def ctf_2d(
     ac = params.amplitude_contrast
     w = math.atan2(ac, math.sqrt(1.0 - ac * ac))
     chi = math.pi * lam * k2 * (df - 0.5 * lam * lam * k2 * cs_a) + math.radians(params.phase_shift_deg) + w
+    return chi, k2
+
+
+def ctf_2d(
+    params: CTFParams,
+    shape: tuple[int, int],
+    pixel_size_a: float,
+    defocus_offset_a: float = 0.0,
+    rfft: bool = True,
+    xp=np,
+):
+    """CTF on the (r)fft2 grid of an image ``shape = (ny, nx)``; float32 ``(ny, nx//2+1)``."""
+    ky, kx = frequency_grid(shape, pixel_size_a, rfft=rfft, xp=xp)
+    chi, k2 = _chi(params, ky, kx, defocus_offset_a, xp)
     c = -xp.sin(chi)
     if params.bfactor_a2:
         c = c * xp.exp(-params.bfactor_a2 * k2 / 4.0)
@@ -123,18 +130,9 @@ def ctf_at(params: CTFParams, ky_a, kx_a, defocus_offset_a: float = 0.0):
     ``(ky_a, kx_a)`` (1/Angstrom, any matching shapes), float64: the formula of
     :func:`ctf_2d` at arbitrary points, for gradient-based refinement.
     ``d CTF / d defocus = -cos(chi) * pi * lambda * k^2`` (times the B-factor envelope)."""
-    ky_a = np.asarray(ky_a, np.float64)
-    kx_a = np.asarray(kx_a, np.float64)
-    k2 = kx_a * kx_a + ky_a * ky_a
-    ang = np.arctan2(ky_a, kx_a)
+    chi, k2 = _chi(params, np.asarray(ky_a, np.float64), np.asarray(kx_a, np.float64),
+                   defocus_offset_a, np)
     lam = wavelength_a(params.voltage_kv)
-    cs_a = params.cs_mm * 1e7
-    d1 = params.defocus1_a + defocus_offset_a
-    d2 = params.defocus2_a + defocus_offset_a
-    df = 0.5 * (d1 + d2 + (d1 - d2) * np.cos(2.0 * (ang - math.radians(params.astigmatism_angle_deg))))
-    ac = params.amplitude_contrast
-    w = math.atan2(ac, math.sqrt(1.0 - ac * ac))
-    chi = math.pi * lam * k2 * (df - 0.5 * lam * lam * k2 * cs_a) + math.radians(params.phase_shift_deg) + w
     env = np.exp(-params.bfactor_a2 * k2 / 4.0) if params.bfactor_a2 else 1.0
     return -np.sin(chi) * env, -np.cos(chi) * (math.pi * lam * k2) * env
 

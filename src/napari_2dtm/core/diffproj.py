@@ -50,6 +50,47 @@ __all__ = ["PoseScore", "slice_points", "slice_points_reference", "left_jacobian
            "rotvec_matrix", "template_overlap"]
 
 
+@numba.njit(nogil=True, fastmath=False, cache=True, inline="always")
+def _sample_grad(vol, half, x, y, z):
+    """Trilinear sample of the half-volume at ``q = (x, y, z)`` (index units, before the
+    centre offset) and its gradient in ``q``, with Friedel symmetry for ``x < 0``:
+    ``S(q) = conj(V(-q))``, ``dS/dq = -conj(grad V(-q))``. Returns ``(S, dx, dy, dz)``."""
+    sgn = 1.0
+    if x < 0:
+        x, y, z = -x, -y, -z
+        sgn = -1.0
+    y += half
+    z += half
+    x0 = int(np.floor(x))
+    y0 = int(np.floor(y))
+    z0 = int(np.floor(z))
+    fx = x - x0
+    fy = y - y0
+    fz = z - z0
+    c000 = vol[z0, y0, x0]
+    c001 = vol[z0, y0, x0 + 1]
+    c010 = vol[z0, y0 + 1, x0]
+    c011 = vol[z0, y0 + 1, x0 + 1]
+    c100 = vol[z0 + 1, y0, x0]
+    c101 = vol[z0 + 1, y0, x0 + 1]
+    c110 = vol[z0 + 1, y0 + 1, x0]
+    c111 = vol[z0 + 1, y0 + 1, x0 + 1]
+    c00 = c000 + fx * (c001 - c000)
+    c01 = c010 + fx * (c011 - c010)
+    c10 = c100 + fx * (c101 - c100)
+    c11 = c110 + fx * (c111 - c110)
+    c0 = c00 + fy * (c01 - c00)
+    c1 = c10 + fy * (c11 - c10)
+    v = complex(c0 + fz * (c1 - c0))
+    gz = complex(c1 - c0)
+    gy = complex((c01 - c00) + fz * ((c11 - c10) - (c01 - c00)))
+    gx = complex((1 - fz) * ((1 - fy) * (c001 - c000) + fy * (c011 - c010))
+                 + fz * ((1 - fy) * (c101 - c100) + fy * (c111 - c110)))
+    if sgn < 0:
+        return v.conjugate(), -gx.conjugate(), -gy.conjugate(), -gz.conjugate()
+    return v, gx, gy, gz
+
+
 @numba.njit(nogil=True, fastmath=False, cache=True)
 def _slice_points_numba(vol, rot, kx, ky, scale, s_out, ds_out):
     big = vol.shape[0]
@@ -65,48 +106,11 @@ def _slice_points_numba(vol, rot, kx, ky, scale, s_out, ds_out):
             ds_out[p, 1] = 0
             ds_out[p, 2] = 0
             continue
-        sgn = 1.0
-        if x < 0:
-            x, y, z = -x, -y, -z
-            sgn = -1.0
-        y += half
-        z += half
-        x0 = int(np.floor(x))
-        y0 = int(np.floor(y))
-        z0 = int(np.floor(z))
-        fx = x - x0
-        fy = y - y0
-        fz = z - z0
-        c000 = vol[z0, y0, x0]
-        c001 = vol[z0, y0, x0 + 1]
-        c010 = vol[z0, y0 + 1, x0]
-        c011 = vol[z0, y0 + 1, x0 + 1]
-        c100 = vol[z0 + 1, y0, x0]
-        c101 = vol[z0 + 1, y0, x0 + 1]
-        c110 = vol[z0 + 1, y0 + 1, x0]
-        c111 = vol[z0 + 1, y0 + 1, x0 + 1]
-        c00 = c000 + fx * (c001 - c000)
-        c01 = c010 + fx * (c011 - c010)
-        c10 = c100 + fx * (c101 - c100)
-        c11 = c110 + fx * (c111 - c110)
-        c0 = c00 + fy * (c01 - c00)
-        c1 = c10 + fy * (c11 - c10)
-        v = c0 + fz * (c1 - c0)
-        dz = c1 - c0
-        dy = (c01 - c00) + fz * ((c11 - c10) - (c01 - c00))
-        dx = ((1 - fz) * ((1 - fy) * (c001 - c000) + fy * (c011 - c010))
-              + fz * ((1 - fy) * (c101 - c100) + fy * (c111 - c110)))
-        if sgn < 0:
-            # S(q) = conj(V(-q)): dS/dq = -conj(grad V(-q))
-            s_out[p] = np.conj(v)
-            ds_out[p, 0] = -np.conj(dx)
-            ds_out[p, 1] = -np.conj(dy)
-            ds_out[p, 2] = -np.conj(dz)
-        else:
-            s_out[p] = v
-            ds_out[p, 0] = dx
-            ds_out[p, 1] = dy
-            ds_out[p, 2] = dz
+        v, gx, gy, gz = _sample_grad(vol, half, x, y, z)
+        s_out[p] = v
+        ds_out[p, 0] = gx
+        ds_out[p, 1] = gy
+        ds_out[p, 2] = gz
 
 
 @numba.njit(nogil=True, fastmath=False, cache=True)
@@ -129,43 +133,9 @@ def _score_grad_numba(vol, rot, kx, ky, scale, w, img, white, chi0, a_df, env, d
         x = scale * (kx[p] * rot[0, 0] + ky[p] * rot[1, 0])
         y = scale * (kx[p] * rot[0, 1] + ky[p] * rot[1, 1])
         z = scale * (kx[p] * rot[0, 2] + ky[p] * rot[1, 2])
-        sgn = 1.0
-        if x < 0:
-            x, y, z = -x, -y, -z
-            sgn = -1.0
-        y += half
-        z += half
-        x0 = int(np.floor(x))
-        y0 = int(np.floor(y))
-        z0 = int(np.floor(z))
-        fx = x - x0
-        fy = y - y0
-        fz = z - z0
-        c000 = vol[z0, y0, x0]
-        c001 = vol[z0, y0, x0 + 1]
-        c010 = vol[z0, y0 + 1, x0]
-        c011 = vol[z0, y0 + 1, x0 + 1]
-        c100 = vol[z0 + 1, y0, x0]
-        c101 = vol[z0 + 1, y0, x0 + 1]
-        c110 = vol[z0 + 1, y0 + 1, x0]
-        c111 = vol[z0 + 1, y0 + 1, x0 + 1]
-        c00 = c000 + fx * (c001 - c000)
-        c01 = c010 + fx * (c011 - c010)
-        c10 = c100 + fx * (c101 - c100)
-        c11 = c110 + fx * (c111 - c110)
-        c0 = c00 + fy * (c01 - c00)
-        c1 = c10 + fy * (c11 - c10)
-        v = complex(c0 + fz * (c1 - c0))
-        if sgn < 0:
-            v = v.conjugate()
+        v, gx, gy, gz = _sample_grad(vol, half, x, y, z)
         s_buf[p] = v
         if want_grad:
-            gz = complex(c1 - c0)
-            gy = complex((c01 - c00) + fz * ((c11 - c10) - (c01 - c00)))
-            gx = complex((1 - fz) * ((1 - fy) * (c001 - c000) + fy * (c011 - c010))
-                         + fz * ((1 - fy) * (c101 - c100) + fy * (c111 - c110)))
-            if sgn < 0:
-                gx, gy, gz = -gx.conjugate(), -gy.conjugate(), -gz.conjugate()
             ds_buf[p, 0] = gx
             ds_buf[p, 1] = gy
             ds_buf[p, 2] = gz

@@ -124,20 +124,6 @@ def refine_pose(scores: list[PoseScore], rot0: np.ndarray, delta0_a: float, *,
             "n_evaluations": n_eval}
 
 
-def _patch(image: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
-    """``(size, size)`` patch with pixel ``(row, col)`` at ``(size // 2, size // 2)``,
-    zero outside the image."""
-    ny, nx = image.shape
-    half = size // 2
-    r0, c0 = row - half, col - half
-    out = np.zeros((size, size), np.float64)
-    ys, xs = max(r0, 0), max(c0, 0)
-    ye, xe = min(r0 + size, ny), min(c0 + size, nx)
-    if ye > ys and xe > xs:
-        out[ys - r0 : ye - r0, xs - c0 : xe - c0] = image[ys:ye, xs:xe]
-    return out
-
-
 def padded_box_size(box: int, ctf: CTFParams, defocus_offsets_a, pixel_size_a: float,
                     image_shape) -> int:
     """Side of a particle patch: the template box plus its CTF delocalisation at Nyquist
@@ -150,13 +136,14 @@ def padded_box_size(box: int, ctf: CTFParams, defocus_offsets_a, pixel_size_a: f
     return size + size % 2
 
 
-def extract_patch(image: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
-    """``(size, size)`` float64 patch with pixel ``(row, col)`` at ``(size // 2, size // 2)``,
-    zero outside the image."""
+def extract_patch(image: np.ndarray, row: int, col: int, size: int,
+                  dtype=np.float64) -> np.ndarray:
+    """``(size, size)`` patch with pixel ``(row, col)`` at ``(size // 2, size // 2)``,
+    zero outside the image (the whitened micrograph's mean)."""
     ny, nx = image.shape
     half = size // 2
-    r0, c0 = row - half, col - half
-    out = np.zeros((size, size), np.float64)
+    r0, c0 = int(row) - half, int(col) - half
+    out = np.zeros((size, size), dtype)
     ys, xs = max(r0, 0), max(c0, 0)
     ye, xe = min(r0 + size, ny), min(c0 + size, nx)
     if ye > ys and xe > xs:
@@ -240,10 +227,7 @@ class PoseRefiner:
         """Keep the unit-energy filtered templates at rotations ``rots (n, 3, 3)`` (a
         uniform sample of SO(3)): :meth:`refine` then also returns, at the refined
         position, ``mean_cc`` and ``std_cc`` (the mean and SD of the correlation over the
-        sample: an exhaustive search's per-pixel mean and SD at full resolution) and
-        ``self_mean`` and ``self_var`` (the mean and variance over the sample of the
-        refined template's overlap with each: what a particle of correlation ``a`` adds,
-        ``a * self_mean`` and ``a^2 * self_var``; the view's own kappa)."""
+        sample: an exhaustive search's per-pixel mean and SD at full resolution)."""
         probe = PoseScore(np.zeros((self.size, self.size)), self.white, self.fvol, self.scale,
                           self.ctf, self.pixel_size_a, None)
         f, _ = probe._filter(0.0)
@@ -258,16 +242,9 @@ class PoseRefiner:
     def _sample_stats(self, last: PoseScore, got: dict) -> dict:
         """The sample's statistics at a refined particle (:meth:`set_orientation_sample`);
         ``last``: the every-frequency pass of its patch."""
-        m = self._sample
         v = last.w * last.img * last._phase(got["shift_px"])
-        cc = (np.conj(m) @ v.astype(np.complex64)).real.astype(np.float64)
-        sl, _ = slice_points(self.fvol, got["rot"], last.kx, last.ky, self.scale)
-        t = sl * last._filter(got["delta_a"])[0]
-        e = float(np.sum(last.w * (t.real**2 + t.imag**2)))
-        rho = ((np.conj(m) @ (last.w * t).astype(np.complex64)).real.astype(np.float64)
-               / math.sqrt(e) if e > 0 else np.zeros(len(m)))
-        return {"mean_cc": float(cc.mean()), "std_cc": float(cc.std()),
-                "self_mean": float(rho.mean()), "self_var": float(rho.var())}
+        cc = (np.conj(self._sample) @ v.astype(np.complex64)).real.astype(np.float64)
+        return {"mean_cc": float(cc.mean()), "std_cc": float(cc.std())}
 
     def overlap(self, a: dict, b: dict) -> float:
         """:func:`~napari_2dtm.core.diffproj.template_overlap` of two refined particles

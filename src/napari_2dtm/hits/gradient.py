@@ -25,7 +25,7 @@ from napari_2dtm.core.pose_refine import PoseRefiner, bands_for
 from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.search.results import ResultsFolder
 
-from .local import LocalScorer
+from .local import LocalScorer, search_zscore
 
 __all__ = ["bands_for", "refine_hits_gradient"]
 
@@ -108,14 +108,7 @@ def refine_hits_gradient(image, pixel_size_a: float, template, hits: pd.DataFram
         best = got["score"]
         cols["cc"][i] = best
         cols["snr"][i] = best / gsig if gsig else best
-        z = np.nan
-        iy, ix = int(round(ry)), int(round(rx))
-        if maps is not None and "mean" in maps and 0 <= iy < maps["mean"].shape[0] \
-                and 0 <= ix < maps["mean"].shape[1]:
-            sd = float(maps["std"][iy, ix])
-            if sd > 0:
-                z = (best - float(maps["mean"][iy, ix])) / sd
-        cols["zscore"][i] = z
+        cols["zscore"][i] = search_zscore(maps, int(round(ry)), int(round(rx)), best)
         cols["refine_shift_px"][i] = math.hypot(cols["x"][i] - h.x, cols["y"][i] - h.y)
         cols["refine_angle_deg"][i] = float(angular_distance_deg(got["a0"], got["rot"]))
         if progress is not None:

@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from napari_2dtm.core.ctf import CTFParams
+from napari_2dtm.core.pose_refine import extract_patch
 from napari_2dtm.errors import InputError
 from napari_2dtm.templates.load import load_template
 from napari_2dtm.templates.template import Template
@@ -43,15 +44,7 @@ def cut_box(image: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
     """``(size, size)`` float32 cut of ``image`` with pixel ``(row, col)`` at
     ``(size // 2, size // 2)``; parts outside the image are zero (the whitened
     micrograph's mean)."""
-    ny, nx = image.shape
-    half = size // 2
-    r0, c0 = int(row) - half, int(col) - half
-    out = np.zeros((size, size), np.float32)
-    ys, xs = max(r0, 0), max(c0, 0)
-    ye, xe = min(r0 + size, ny), min(c0 + size, nx)
-    if ye > ys and xe > xs:
-        out[ys - r0 : ye - r0, xs - c0 : xe - c0] = image[ys:ye, xs:xe]
-    return out
+    return extract_patch(image, row, col, size, np.float32)
 
 
 @dataclasses.dataclass

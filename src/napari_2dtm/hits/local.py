@@ -33,7 +33,7 @@ from napari_2dtm.search.results import ResultsFolder
 from napari_2dtm.templates.load import load_template
 from napari_2dtm.templates.template import Template
 
-__all__ = ["LocalScorer", "local_search"]
+__all__ = ["LocalScorer", "local_search", "search_zscore"]
 
 
 class _TemplateSlot:
@@ -189,6 +189,16 @@ def _subpixel(m: np.ndarray, i: int, j: int) -> tuple[float, float]:
     return dy, dx
 
 
+def search_zscore(maps: dict | None, row: int, col: int, cc: float) -> float:
+    """``(cc - mean) / std`` with a search's per-pixel maps at search pixel ``(row, col)``;
+    NaN without maps, outside them, or where the SD is 0."""
+    if maps is None or "mean" not in maps or not (0 <= row < maps["mean"].shape[0]
+                                                  and 0 <= col < maps["mean"].shape[1]):
+        return np.nan
+    sd = float(maps["std"][row, col])
+    return (cc - float(maps["mean"][row, col])) / sd if sd > 0 else np.nan
+
+
 def local_search(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: CTFParams, *,
                  angular_range_deg: float = 2.0, angular_step_deg: float = 1.0,
                  in_plane_range_deg: float | None = None,
@@ -249,13 +259,7 @@ def local_search(image, pixel_size_a: float, template, hits: pd.DataFrame, ctf: 
         cols["defocus_a"][i] = ctf.defocus_mean_a + offs[idf]
         cols["cc"][i] = best
         cols["snr"][i] = best / gsig if gsig else best
-        z = np.nan
-        if maps is not None and "mean" in maps and 0 <= ry < maps["mean"].shape[0] \
-                and 0 <= rx < maps["mean"].shape[1]:
-            sd = float(maps["std"][ry, rx])
-            if sd > 0:
-                z = (best - float(maps["mean"][ry, rx])) / sd
-        cols["zscore"][i] = z
+        cols["zscore"][i] = search_zscore(maps, ry, rx, best)
         if progress is not None:
             progress(i + 1, n)
     for k, v in cols.items():

@@ -169,7 +169,6 @@ class FastSearch:
         self.image = np.asarray(image, np.float32)
         self.template = self.coarse.template
         self.result: SearchResult | None = None
-        self._stage = "coarse"
         self._fine = None  # (prepared full-resolution image, PoseRefiner), when needed
 
     def __getattr__(self, name):  # sizes, device, checkpoint path: the coarse stage's
@@ -205,7 +204,6 @@ class FastSearch:
         if self.coarse.cancelled:
             return
         t0 = time.perf_counter()
-        self._stage = "refine"
         self.result = _finish(self, self.coarse.result)
         elapsed = self.coarse.result.metadata.get("elapsed_s", 0.0) + time.perf_counter() - t0
         self.result.metadata["elapsed_s"] = elapsed
@@ -251,12 +249,12 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
     # Peaks of the height over the background, not of zbg: a strong particle inflates its
     # own spread, which flattens zbg's peak and can move it off the particle (zbg >=
     # height / sigma_bg is never larger, so these candidates include zbg's).
-    height = np.where(valid, (maps["mip"] - maps["mean"]) / np.maximum(maps["sigma_bg"], 1e-12),
-                      -np.inf)
+    coarse_height = np.where(valid, (maps["mip"] - maps["mean"])
+                             / np.maximum(maps["sigma_bg"], 1e-12), -np.inf)
     # A particle at the fine threshold keeps at least COARSE_RETAINED of its height at the
     # coarse stage: every coarse peak above that is refined (most are noise).
     t_cand = COARSE_RETAINED * thr
-    peaks = find_peaks(height, t_cand, cres.metadata["peak_radius_px"], mask=valid & ~excluded)
+    peaks = find_peaks(coarse_height, t_cand, cres.metadata["peak_radius_px"], mask=valid & ~excluded)
     # Each refinement starts at the pose and pixel of the MIP's maximum near the peak: the
     # height peak can sit a pixel or two aside, where a flipped view of the particle wins
     rows, cols = _mip_maxima_near(maps["mip"], valid, peaks, 2)
@@ -268,7 +266,7 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
         "defocus_a": maps["defocus"][rows, cols].astype(float)})
     ctf = cfg.ctf
     ref, raw = _refine(fs, cres, start)
-    # statistics on the coarse background at each candidate's coarse pixel
+    # each refined candidate's coarse pixel (its background spread)
     r = np.clip(np.rint(ref["y"].to_numpy(float) / b).astype(int), 0, valid.shape[0] - 1)
     c = np.clip(np.rint(ref["x"].to_numpy(float) / b).astype(int), 0, valid.shape[1] - 1)
     cc = ref["cc"].to_numpy(float)
@@ -282,20 +280,19 @@ def _finish(fs: FastSearch, cres: SearchResult) -> SearchResult:
     # predicted), and the exhaustive zbg then peaks 2-6 px off the particle.
     mean, std = ref["mean_cc"].to_numpy(float), ref["std_cc"].to_numpy(float)
     sig_bg = maps["sigma_bg"][r, c].astype(float)
-    den = sig_bg
+    height = cc - mean
     gsig = float(meta.get("cc_global_std") or 1.0)
     cand = pd.DataFrame({
         "x": ref["x"].to_numpy(float), "y": ref["y"].to_numpy(float),
         "phi": ref["phi"].to_numpy(float), "theta": ref["theta"].to_numpy(float),
         "psi": ref["psi"].to_numpy(float), "defocus_a": ref["defocus_a"].to_numpy(float),
-        "zbg": (cc - mean) / np.maximum(den, 1e-12),
-        "zscore": (cc - mean) / np.maximum(std, 1e-12), "snr": cc / gsig, "mip": cc,
+        "zbg": height / np.maximum(sig_bg, 1e-12),
+        "zscore": height / np.maximum(std, 1e-12), "snr": cc / gsig, "mip": cc,
         "defocus1_a": ref["defocus1_a"].to_numpy(float),
         "defocus2_a": ref["defocus2_a"].to_numpy(float),
         "astigmatism_angle_deg": ctf.astigmatism_angle_deg,
         "x_search": c, "y_search": r, "zbg_coarse": maps["zbg"][r, c].astype(float),
-        "mean_cc": mean, "std_cc": std, "self_var": ref["self_var"].to_numpy(float),
-        "sigma_bg": sig_bg, "height": cc - mean,
+        "mean_cc": mean, "std_cc": std, "sigma_bg": sig_bg, "height": height,
     })
     keep = _explained_away(fs, raw, cand, meta, b)
     cand = cand[keep]
@@ -342,7 +339,7 @@ def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> tuple:
     refiner's own results (for :func:`_explained_away`)."""
     cfg, ctf = fs.config, fs.config.ctf
     cols = {k: np.zeros(len(start)) for k in ("x", "y", "phi", "theta", "psi", "defocus_a", "cc",
-                                              "mean_cc", "std_cc", "self_var")}
+                                              "mean_cc", "std_cc")}
     n_eval = 0
     raw = []
     if len(start):
@@ -381,7 +378,7 @@ def _refine(fs: FastSearch, cres: SearchResult, start: pd.DataFrame) -> tuple:
             cols["phi"][i], cols["theta"][i], cols["psi"][i] = matrix_to_euler(got["rot"])
             cols["defocus_a"][i] = ctf.defocus_mean_a + got["delta_a"]
             cols["cc"][i] = got["score"]
-            for k in ("mean_cc", "std_cc", "self_var"):
+            for k in ("mean_cc", "std_cc"):
                 cols[k][i] = got[k]
     ref = pd.DataFrame(cols)
     d_off = ref["defocus_a"] - ctf.defocus_mean_a
