@@ -139,8 +139,11 @@ class _AtomClass:
     rad_a: np.ndarray  # (N,) cut-off radius, A
 
 
-def _atom_class(atoms, center_a, bfactor_a2: float) -> _AtomClass:
-    bt = atoms.coefs_b + float(bfactor_a2)
+def _atom_class(atoms, center_a, bfactor_a2: float, use_model_bfactors: bool = False) -> _AtomClass:
+    b = np.full(len(atoms), float(bfactor_a2))
+    if use_model_bfactors:  # as the templates: the file's B-factors added
+        b = b + np.maximum(atoms.b_iso, 0.0)
+    bt = atoms.coefs_b + b[:, None]
     amp = atoms.occ[:, None] * atoms.coefs_a * (4.0 * math.pi / bt) * VOLT_A2
     rad = np.array([_atom_radius_a(float(b)) for b in bt.max(axis=1)])
     return _AtomClass(atoms.xyz - np.asarray(center_a, dtype=np.float64), amp, bt, rad)
@@ -279,6 +282,7 @@ def simulate_micrograph(
     extra_phase: np.ndarray | None = None,
     forbidden: np.ndarray | None = None,
     noise_gradient: float | None = None,
+    use_model_bfactors: bool = False,
 ) -> SimulationResult:
     """Simulate a micrograph of randomly placed, randomly oriented particles.
 
@@ -317,6 +321,8 @@ def simulate_micrograph(
         fraction (e.g. 0.4: 0.8x at the left edge to 1.2x at the right), the extra
         inelastic and multiple scattering of a thicker lamella; ``snr_matched`` uses the
         local sigma.
+    use_model_bfactors : add each atom's B-factor from the model file to ``bfactor_a2``
+        (particles and templates alike), e.g. a flexible chain.
     """
     px = float(pixel_size_a)
     if not (math.isfinite(px) and px > 0):
@@ -370,11 +376,12 @@ def simulate_micrograph(
             continue
         t = template_from_model(
             s, px, box=template_box, bfactor_a2=bfactor_a2, keep_hydrogens=keep_hydrogens,
-            keep_waters=keep_waters, center="mass",
+            keep_waters=keep_waters, center="mass", use_model_bfactors=use_model_bfactors,
         )
         atoms = _filter_atoms(read_atoms(s), keep_hydrogens, keep_waters)
         templates.append(t)
-        projectors.append(("atoms", _atom_class(atoms, t.params["center_a"], bfactor_a2)))
+        projectors.append(("atoms", _atom_class(atoms, t.params["center_a"], bfactor_a2,
+                                                use_model_bfactors)))
 
     counts = _class_counts(n_particles, class_fractions)
     labels = rng.permutation(np.repeat(np.arange(n_cls), counts))

@@ -17,6 +17,7 @@ _SUBCOMMAND_MODULES = [
     "napari_2dtm.cli.simulate",
     "napari_2dtm.cli.demo",
     "napari_2dtm.cli.reconstruct",
+    "napari_2dtm.cli.refine_model",
     "napari_2dtm.cli.classify",
     "napari_2dtm.cli.export",
 ]
