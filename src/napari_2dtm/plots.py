@@ -51,6 +51,31 @@ def save_fsc(rec, omit, path: Path) -> None:
     fig.savefig(path)
 
 
+def draw_model_cycles(ax, cycles, best_cycle: int | None = None) -> None:
+    """Work- and free-half mean CC per cycle of a model refinement on ``ax``, the kept
+    (best free CC) cycle marked.
+
+    cycles: records with ``cycle``, ``work_cc`` and ``free_cc``
+    (:class:`~napari_2dtm.modelfit.refine.CycleRecord`). Cycle 0 is the starting model
+    with refined poses, so the rise from it is the model's own.
+    """
+    n = [int(r.cycle) for r in cycles]
+    work = [float(r.work_cc) for r in cycles]
+    free = [float(r.free_cc) for r in cycles]
+    ax.plot(n, work, "o-", color="#1f77b4", label="work half (fitted)")
+    ax.plot(n, free, "s-", color="#ff7f0e", label="free half (scored only)")
+    if best_cycle is not None and best_cycle in n:
+        i = n.index(best_cycle)
+        ax.axvline(best_cycle, color="gray", lw=0.8, ls=":")
+        ax.plot([best_cycle], [free[i]], "*", ms=14, color="#2ca02c", zorder=3,
+                label=f"kept: cycle {best_cycle}")
+    ax.set_xticks(n)
+    ax.set_xlabel("cycle (0: starting model, poses refined)")
+    ax.set_ylabel("mean CC")
+    ax.set_title("model refinement: work and free CC", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+
+
 # --------------------------------------------------------------------------------------
 # Classification
 # --------------------------------------------------------------------------------------

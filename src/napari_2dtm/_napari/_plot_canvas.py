@@ -3,14 +3,15 @@
 The figures themselves are the Qt-free functions of :mod:`napari_2dtm.plots` (the same
 ones the jobs save as PNG: ``fsc.png``, ``features.png``); :class:`PlotCanvas` only
 draws one into a canvas and restyles it for the dark theme. :class:`FSCPlot` (the
-Reconstruct widget's) and :class:`FeaturePlot` (the Classify widget's) are the two uses.
+Reconstruct widget's), :class:`FeaturePlot` (the Classify widget's) and
+:class:`CyclesPlot` (the Refine Model widget's) are the uses.
 """
 
 from __future__ import annotations
 
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_2dtm.plots import draw_features, draw_fsc
+from napari_2dtm.plots import draw_features, draw_fsc, draw_model_cycles
 
 BACKGROUND = "#262930"  # napari's dark theme
 TEXT = "#d6d6d6"
@@ -72,3 +73,15 @@ class FeaturePlot(PlotCanvas):
 
     def show_result(self, res, confidence: float):
         self.draw(draw_features, res, confidence, text_color=TEXT)
+
+
+class CyclesPlot(PlotCanvas):
+    """Work and free CC per cycle of a model refinement
+    (:func:`napari_2dtm.plots.draw_model_cycles`)."""
+
+    def __init__(self, parent=None):
+        super().__init__(min_height=200, margins=0, parent=parent)
+
+    def show_result(self, job_result):
+        """Draw the cycles of a :class:`~napari_2dtm.jobs.model_refine.ModelRefineResult`."""
+        self.draw(draw_model_cycles, job_result.fit.cycles, job_result.fit.best_cycle)

@@ -38,7 +38,7 @@ from napari_2dtm.core.projection import FourierVolume
 from napari_2dtm.errors import Cancelled, InputError
 from napari_2dtm.templates.model import potential_on_grid
 
-from .forward import GroupVolumes, score_particles
+from .forward import GroupVolumes, gridding_corrected, score_particles
 from .groups import GroupMotion, RigidGroups
 from .particles import ParticleData
 
@@ -254,8 +254,8 @@ def refine_model(groups: RigidGroups, data: ParticleData, center0_a, *,
     total = opt.max_cycles + 1
 
     def template_volume(m):
-        return FourierVolume(model_potential(groups, m, center0_a, box, px, bfactor_a2,
-                                             use_model_bfactors), pad=2)
+        return FourierVolume(gridding_corrected(model_potential(
+            groups, m, center0_a, box, px, bfactor_a2, use_model_bfactors), 2), pad=2)
 
     def score_all():
         cc = score_particles(data.batch, vols, motion, center0_a, want_grad=False).cc
