@@ -66,11 +66,13 @@ def changed_model(src, out, selection: str | None = None, *, axis=(0.3, 0.8, -0.
 def simulated_hits(model, n_particles: int, *, pixel_size_a: float = 1.5, per_micrograph: int = 100,
                    shape=(1024, 1024), defocus_a: float = 8000.0, exposure_e_per_a2: float = 40.0,
                    pose_error_deg: float = 1.0, shift_error_px: float = 0.5, seed: int = 0,
-                   use_model_bfactors: bool = False, bfactor_a2: float = 30.0) -> list:
+                   use_model_bfactors: bool = False, bfactor_a2: float = 30.0,
+                   with_truth: bool = False):
     """:class:`MicrographHits` of ``n_particles`` simulated from ``model`` (several
-    micrographs), hits = the truth with pose errors."""
+    micrographs), hits = the truth with pose errors; ``with_truth``: also the truth
+    tables (a list, one per micrograph)."""
     ctf = CTFParams(defocus1_a=defocus_a)
-    out = []
+    out, truths = [], []
     left, k = int(n_particles), 0
     while left > 0:
         n = min(per_micrograph, left)
@@ -79,6 +81,7 @@ def simulated_hits(model, n_particles: int, *, pixel_size_a: float = 1.5, per_mi
                                   use_model_bfactors=use_model_bfactors, bfactor_a2=bfactor_a2)
         hits = perturbed_hits(sim.truth, pose_error_deg, shift_error_px, 0.0, seed=seed + 1000 + k)
         out.append(MicrographHits(sim.image, pixel_size_a, ctf, hits, f"sim{k:02d}.mrc"))
+        truths.append(sim.truth)
         left -= n
         k += 1
-    return out
+    return (out, truths) if with_truth else out

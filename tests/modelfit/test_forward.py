@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from helpers.model_sim import simulated_hits
+from helpers.planting import structure
 from napari_2dtm.core.diffproj import PoseScore, rotvec_matrix
 from napari_2dtm.core.projection import FourierVolume
 from napari_2dtm.modelfit.forward import (
@@ -24,8 +26,6 @@ from napari_2dtm.modelfit.refine import model_potential
 from napari_2dtm.simulate import _atom_class, project_atoms
 from napari_2dtm.templates.atoms import read_atoms
 from napari_2dtm.templates.model import _auto_box, template_from_model
-from tests.helpers.model_sim import simulated_hits
-from tests.helpers.planting import structure
 
 PX = 1.5
 
