@@ -8,7 +8,9 @@ demo search, and saves the whole window half-way through the search
 same search in teaching mode (``teaching_mode.png``); then a small batch reviewed in the
 2DTM Project panel (``project_panel.png``; ``--only project`` makes just that one); then a
 reconstruction job in the 2DTM Reconstruct widget (``reconstruction.png``; ``--only
-reconstruction``); then the demo's results reviewed in the 2DTM Hits widget
+reconstruction``); then an atomic model refined in the Refine Model widget
+(``model_refine_widget.png``; ``--only model-refine``); then the demo's results reviewed in
+the 2DTM Hits widget
 (``hits_review.png``; ``--only hits``); then two states told apart in the 2DTM Classify
 widget (``classification.png``; ``--only classification``); then a Leopard-EM and a cisTEM
 results folder opened for review (``foreign_leopard.png``, ``foreign_cistem.png``;
@@ -74,6 +76,7 @@ def main() -> int:
     later = [("teaching", "teaching_mode.png", teaching_screenshot),
              ("project", "project_panel.png", project_panel_screenshot),
              ("reconstruction", "reconstruction.png", reconstruction_screenshot),
+             ("model-refine", "model_refine_widget.png", model_refine_screenshot),
              ("hits", "hits_review.png", hits_review_screenshot),
              ("classification", "classification.png", classification_screenshot),
              ("foreign-leopard", "foreign_leopard.png", functools.partial(
@@ -272,6 +275,68 @@ def reconstruction_screenshot(png: Path, work_dir: Path) -> int:
 
     def on_finished(outcome):
         print(f"reconstruction {outcome}: {widget.status.text()}")
+        if outcome == "done":
+            QTimer.singleShot(800, shoot)
+        else:
+            QTimer.singleShot(200, viewer.close)
+
+    widget.job_finished.connect(on_finished)
+    QTimer.singleShot(500, widget.run)
+    napari.run()
+    return state["code"]
+
+
+def model_refine_screenshot(png: Path, work_dir: Path) -> int:
+    """The Refine Model widget after a job: 60 particles simulated from 1A28 with chain B
+    turned 5° and shifted 2 Å (the tests' helper), the unchanged model refined for two
+    cycles; atoms coloured by how far they moved inside the starting template, the
+    refined template beside it, the groups' motions and CC per cycle in the dock
+    (model_refine_widget.png; ``--only model-refine``)."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.model_sim import changed_model, simulated_hits
+    from napari_2dtm._napari._demo import _new_viewer
+    from napari_2dtm._napari._layers import micrograph_layer, points_layer
+
+    px = 1.5
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = work_dir / "1A28.pdb.gz"  # the model field shows this path
+    shutil.copy(DATA / "1A28.pdb.gz", model)
+    moved = changed_model(model, work_dir / "1A28_chainB_moved.pdb", "chain B", angle_deg=5,
+                          shift_a=(1.2, -1.0, 1.2))
+    sim = simulated_hits(moved, 60, pixel_size_a=px, shape=(1024, 1024), seed=11)[0]
+
+    viewer = _new_viewer("napari-2dtm model refinement")
+    data, kw, _ = micrograph_layer(sim.image, px, "mic")
+    viewer.add_image(data, **kw)
+    info = {"kind": "hits", "pixel_size_a": px, "micrograph_name": "mic.mrc",
+            "ctf": sim.ctf.to_dict()}
+    data, kw, _ = points_layer(sim.hits.drop(columns=["class_name"]), px, "hits [mic]",
+                               size_px=40, metadata={"napari_2dtm": info})
+    viewer.add_points(data, **kw)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Refine Model")
+    widget.model_path.setText(str(model))
+    widget.cycles.setValue(2)
+    widget.output_dir.setText(str(work_dir / "job"))
+    state = {"code": 1}
+
+    def shoot():
+        viewer.camera.angles = (0.0, 0.0, 90.0)
+        viewer.camera.zoom *= 1.2
+        bar = widget.scroll_area.verticalScrollBar()  # the results at the bottom in view
+        bar.setValue(bar.maximum())
+        QTimer.singleShot(500, save)
+
+    def save():
+        viewer.screenshot(str(png), canvas_only=False)
+        print(f"screenshot (model refinement): {png}")
+        state["code"] = 0
+        QTimer.singleShot(200, viewer.close)
+
+    def on_finished(outcome):
+        print(f"model refinement {outcome}: {widget.status.text()}")
         if outcome == "done":
             QTimer.singleShot(800, shoot)
         else:

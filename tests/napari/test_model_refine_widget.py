@@ -35,7 +35,7 @@ def _open(viewer, sim, results_folder=None):
 
 
 def _dock(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "Refine Model")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-2dtm", "2DTM Refine Model")
     return widget
 
 

@@ -25,9 +25,11 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHeaderView,
     QPlainTextEdit,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -48,6 +50,8 @@ ATOMS_LAYER = "refined atoms"
 BEFORE_LAYER, AFTER_LAYER = "template before", "template after"
 #: the gap between the two templates, as a fraction of the box
 GAP = 0.15
+#: why the job stopped (``summary["stopped"]``), for the status line
+STOPPED = {"max_cycles": "all cycles run", "free_cc": "stopped: the free CC no longer rose"}
 #: (header, key of a row of ``summary["groups"]``, format)
 GROUP_COLUMNS = (("group", "group", "{}"), ("rotation (°)", "rotation_deg", "{:.2f}"),
                  ("shift (Å)", "shift_a", "{:.2f}"), ("RMSD (Å)", "rmsd_a", "{:.2f}"),
@@ -109,12 +113,22 @@ class ModelRefineWidget(QWidget):
         self.picker.form.addRow("Groups", self.groups_edit)
         self.picker.changed.connect(self._on_hits_changed)
 
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addWidget(self.picker)
         layout.addWidget(self._build_settings_box())
         layout.addWidget(self.panel)
         layout.addWidget(self._build_result_box())
         layout.addStretch(1)
+        # napari docks do not scroll, and inputs, job and results are taller than a laptop
+        # screen: without this the plot would be squeezed out of sight
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll_area)
         self.picker.refresh()
 
     # ------------------------------------------------------------------ layout
@@ -147,7 +161,7 @@ class ModelRefineWidget(QWidget):
         self.groups_table.verticalHeader().setVisible(False)
         self.groups_table.horizontalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.ResizeToContents)
-        self.groups_table.setMaximumHeight(120)
+        self.groups_table.horizontalHeader().setStretchLastSection(True)
         lay.addWidget(self.groups_table)
         self.cycles_plot = CyclesPlot()
         lay.addWidget(self.cycles_plot)
@@ -228,7 +242,8 @@ class ModelRefineWidget(QWidget):
         worst = max(s["groups"], key=lambda g: g["rmsd_a"])
         self.panel.set_status(
             f"{s['n_particles']} particles; free CC {s['free_cc_start']:.3f} → "
-            f"{s['free_cc_refined']:.3f} (kept cycle {s['best_cycle']}, {s['stopped']}); "
+            f"{s['free_cc_refined']:.3f} (kept cycle {s['best_cycle']}; "
+            f"{STOPPED.get(s['stopped'], s['stopped'])}); "
             f"largest motion {worst['group']} {worst['rmsd_a']:.2f} Å RMSD. Saved to {folder}")
         self.panel.set_progress(1.0, "done")
 
@@ -238,6 +253,9 @@ class ModelRefineWidget(QWidget):
         for i, g in enumerate(groups):
             for j, (_, key, fmt) in enumerate(GROUP_COLUMNS):
                 t.setItem(i, j, QTableWidgetItem(fmt.format(g[key])))
+        # every row in view up to 8 groups: a table scrolling inside the scroll area hides rows
+        rows = sum(t.rowHeight(i) for i in range(min(len(groups), 8)))
+        t.setFixedHeight(t.horizontalHeader().height() + rows + 2 * t.frameWidth() + 2)
 
     def _show_layers(self, job):
         for name in (ATOMS_LAYER, BEFORE_LAYER, AFTER_LAYER):
@@ -253,14 +271,17 @@ class ModelRefineWidget(QWidget):
         start = np.asarray(job.template_start, np.float32)
         refined = np.asarray(job.template_refined, np.float32)
         hi = float(max(start.max(), refined.max())) or 1.0  # one scale: the two compare
+        # the atoms sit inside the starting template: a glow shows them, a surface buries them
+        looks = ((BEFORE_LAYER, start, "bop blue", 0 * shift_x, "attenuated_mip", 0.6),
+                 (AFTER_LAYER, refined, "bop orange", shift_x, "iso", 0.5))
         self.template_layers = [
             self.viewer.add_image(
                 data, name=name, scale=(px,) * 3, translate=tuple(origin_zyx + offset),
-                units=("angstrom",) * 3, colormap=cmap, rendering="iso", iso_threshold=0.2 * hi,
-                contrast_limits=(0.0, hi), opacity=0.5, blending="translucent",
+                units=("angstrom",) * 3, colormap=cmap, rendering=rendering,
+                iso_threshold=0.2 * hi, contrast_limits=(0.0, hi), opacity=opacity,
+                blending="additive",
                 metadata={"napari_2dtm": {"kind": "model_template", "pixel_size_a": px, **meta}})
-            for name, data, cmap, offset in ((BEFORE_LAYER, start, "bop blue", 0 * shift_x),
-                                             (AFTER_LAYER, refined, "bop orange", shift_x))]
+            for name, data, cmap, offset, rendering, opacity in looks]
         self.viewer.layers.selection.active = self.atoms_layer
         if self.show_3d.isChecked():
             for ly in self.viewer.layers:
@@ -285,7 +306,7 @@ class ModelRefineWidget(QWidget):
         hi = float(d.max()) if d.size and d.max() > 0 else 1.0  # a still model: all at the low end
         return self.viewer.add_points(
             np.asarray(atoms.xyz, float)[:, ::-1], name=ATOMS_LAYER, features=features,
-            size=1.6, face_color="displacement_a", face_colormap="viridis",
+            size=1.0, face_color="displacement_a", face_colormap="viridis",
             face_contrast_limits=(0.0, hi), border_width=0, shading="spherical",
             units=("angstrom",) * 3,
             metadata={"napari_2dtm": {"kind": "refined_atoms", **meta}})
