@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from napari_2dtm.core.diffproj import rotvec_matrix
 from napari_2dtm.errors import InputError
@@ -148,8 +149,6 @@ class GroupMotion:
 
     def compose(self, q: np.ndarray, u: np.ndarray, groups: RigidGroups) -> GroupMotion:
         """The motion followed by the global map ``y -> q y + u`` (rotation ``q``)."""
-        from scipy.spatial.transform import Rotation  # noqa: PLC0415
-
         out = self.copy()
         c = groups.centers_a
         for g, r in enumerate(self.rotations()):

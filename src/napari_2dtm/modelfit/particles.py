@@ -74,14 +74,6 @@ class ParticleData:
     def free(self) -> np.ndarray:
         return np.flatnonzero(self.table["half"].to_numpy() == 2)
 
-    def filters(self, idx=None):
-        """Recompute ``batch.filt`` (after the defocus offsets changed)."""
-        b = self.batch
-        for p in range(len(b)) if idx is None else idx:
-            m = self.mic[p]
-            b.filt[p] = particle_filter(self.ctfs[m], self.whitening[m], b.grid_idx, b.kx, b.ky,
-                                        b.size, b.pixel_size_a, self.delta_a[p])
-
 
 def patch_size(box: int, ctf: CTFParams, pixel_size_a: float) -> int:
     """The model's box plus its CTF delocalisation at Nyquist on each side, a fast even

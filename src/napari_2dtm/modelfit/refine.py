@@ -73,7 +73,6 @@ class RefineOptions:
     max_delta_b_a2: float = 150.0
     pose_angle_deg: float = 3.0
     pose_shift_px: float = 2.0
-    fixed: tuple = ()
 
     def __post_init__(self):
         if not (self.rigid or self.bfactor):
@@ -165,10 +164,8 @@ def _grad_vector(gr, motion: GroupMotion, opt: RefineOptions) -> np.ndarray:
 
 def _bounds(opt: RefineOptions, n_groups: int, bfactor_a2: float) -> list:
     out = []
-    for g in range(n_groups):
-        if opt.rigid and g in opt.fixed:
-            out += [(0.0, 0.0)] * 6
-        elif opt.rigid:
+    for _ in range(n_groups):
+        if opt.rigid:
             out += [(-opt.max_rotation_deg, opt.max_rotation_deg)] * 3
             out += [(-opt.max_shift_a, opt.max_shift_a)] * 3
         if opt.bfactor:
